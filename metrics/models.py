@@ -1,0 +1,96 @@
+from django.db import models
+from django.utils import timezone
+
+from teams.models import Organization, Team
+
+MONEY = {"max_digits": 24, "decimal_places": 12}
+
+
+class UsageEvent(models.Model):
+    """One LLM call, as a client reported it, priced at the time it was made."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success", "Success"
+        ERROR = "error", "Error"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=128)
+    timestamp = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+
+    model = models.CharField(max_length=200, help_text="Normalised model name (prices and charts use it).")
+    model_requested = models.CharField(max_length=200, help_text="The model name exactly as sent.")
+    provider = models.CharField(max_length=64, blank=True)
+
+    prompt_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0, help_text="Prompt tokens read from the provider's cache.")
+
+    prompt_cost = models.DecimalField(default=0, **MONEY)
+    output_cost = models.DecimalField(default=0, **MONEY)
+    cost = models.DecimalField(default=0, **MONEY)
+    client_cost = models.DecimalField(null=True, blank=True, **MONEY)
+    is_priced = models.BooleanField(default=True, help_text="False: no price matched; cost is the client's, if any.")
+    price = models.ForeignKey("billing.ModelPrice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    latency_ms = models.FloatField(default=0)
+    time_to_first_token_ms = models.FloatField(null=True, blank=True)
+    cache_hit = models.BooleanField(default=False)
+    cache_similarity_score = models.FloatField(null=True, blank=True)
+    is_batched = models.BooleanField(default=False)
+    batch_id = models.CharField(max_length=128, blank=True)
+    batch_size = models.IntegerField(null=True, blank=True)
+
+    user_id = models.CharField(max_length=255, blank=True)
+    end_user = models.CharField(max_length=255, blank=True)
+    query_type = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=16, default=Status.SUCCESS)
+    error_message = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "request_id"], name="event_request_id_unique_in_org")
+        ]
+        indexes = [
+            models.Index(fields=["organization", "timestamp"], name="event_org_time"),
+            models.Index(fields=["organization", "team", "timestamp"], name="event_org_team_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model} {self.cost}"
+
+
+class CacheStat(models.Model):
+    """A client's own report of its response cache (the seed's cache_metrics)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    timestamp = models.DateTimeField(default=timezone.now)
+    cache_hit = models.BigIntegerField(default=0)
+    cache_miss = models.BigIntegerField(default=0)
+    avg_cache_lookup_time_ms = models.FloatField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "timestamp"], name="cachestat_org_time")]
+
+
+class BatchRun(models.Model):
+    """One batch of LLM calls processed together (the seed's batch_metrics)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    batch_id = models.CharField(max_length=128)
+    timestamp = models.DateTimeField(default=timezone.now)
+    batch_size = models.IntegerField()
+    total_tokens = models.BigIntegerField(default=0)
+    batch_cost = models.DecimalField(default=0, **MONEY)
+    batch_latency_ms = models.FloatField(default=0)
+    status = models.CharField(max_length=16, default="success")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "batch_id"], name="batch_id_unique_in_org")]
+        indexes = [models.Index(fields=["organization", "timestamp"], name="batchrun_org_time")]

@@ -1,0 +1,220 @@
+"""Validation of what clients send to the ingest API.
+
+Ingest validates thousands of events a second, so events are checked with pydantic (its core is
+compiled) rather than DRF serializers. Every rule names the field it rejects. JSON bodies are
+parsed with `parse_json_body`, which keeps decimals exact and refuses NaN and Infinity.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+MAX_TOKENS = 100_000_000  # no single LLM call uses more; larger values are client bugs
+MAX_LATENCY_MS = 86_400_000.0  # one day
+MAX_COST_USD = Decimal(1_000_000)
+EARLIEST_TIMESTAMP = datetime(2015, 1, 1, tzinfo=UTC)
+MAX_METADATA_BYTES = 16_384
+
+
+class MalformedBody(ValueError):
+    """The request body is not acceptable JSON at all."""
+
+
+def _reject_constant(name: str):
+    raise MalformedBody(f"{name} is not allowed in JSON; send a finite number or null")
+
+
+def parse_json_body(body: bytes) -> Any:
+    if not body:
+        raise MalformedBody("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    except MalformedBody:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"The request body is not valid JSON: {exc}") from None
+
+
+def _number(value: Any) -> Any:
+    # JSON numbers only: "12" (a string) and true (a bool) are type errors, not numbers.
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValueError("must be a number")
+    return value
+
+
+def _integer(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal, float)):
+        raise ValueError("must be an integer")
+    if isinstance(value, (Decimal, float)):
+        if value != int(value):
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _aware_timestamp(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # the seed sends naive UTC times ("2025-12-14 19:37:14")
+    value = value.astimezone(UTC)
+    if value < EARLIEST_TIMESTAMP:
+        raise ValueError(f"must not be before {EARLIEST_TIMESTAMP:%Y-%m-%d}")
+    limit = datetime.now(UTC) + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS)
+    if value > limit:
+        raise ValueError("is in the future; send the time the call was made (UTC)")
+    return value
+
+
+def _small_json(value: Any) -> Any:
+    if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes")
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """Decimals inside free-form metadata become plain numbers for the JSON column."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+Tokens = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=MAX_TOKENS)]
+Millis = Annotated[float, BeforeValidator(_number), Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+Usd = Annotated[Decimal, BeforeValidator(_number), Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False)]
+Flag = Annotated[bool, BeforeValidator(_boolean)]
+
+
+def Text(max_length: int, min_length: int = 0):  # noqa: N802 -- reads as a type in the models below
+    return Annotated[str, BeforeValidator(_text), Field(min_length=min_length, max_length=max_length)]
+
+
+Alias = Annotated[
+    str, BeforeValidator(_text), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
+]
+Timestamp = Annotated[datetime, AfterValidator(_aware_timestamp)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_json), AfterValidator(_json_safe)]
+Tags = Annotated[list[Annotated[str, BeforeValidator(_text), Field(max_length=100)]], Field(max_length=50)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+
+
+class EventIn(_Strict):
+    """One LLM call: the seed's `metrics` columns plus optional metadata."""
+
+    model: Text(200, 1)
+    prompt_tokens: Tokens = 0
+    output_tokens: Tokens = 0
+    total_tokens: Tokens | None = None
+    cached_tokens: Tokens = 0
+    latency_ms: Millis = 0.0
+    time_to_first_token_ms: Millis | None = None
+    cache_hit: Flag = False
+    cache_similarity_score: Annotated[
+        float, BeforeValidator(_number), Field(ge=0, le=1, allow_inf_nan=False)
+    ] | None = None
+    is_batched: Flag = False
+    batch_id: Text(128) | None = None
+    batch_size: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=1_000_000)] | None = None
+    user_id: Text(255) | None = None
+    team_alias: Alias | None = None
+    end_user: Text(255) | None = None
+    query_type: Text(100) | None = None
+    status: Literal["success", "error"] = "success"
+    error_message: Text(4000) | None = None
+    timestamp: Timestamp | None = None
+    request_id: Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=128)] | None = None
+    provider: Text(64) | None = None
+    response_cost: Usd | None = None
+    prompt_cost: Usd | None = None
+    output_cost: Usd | None = None
+    metadata: Metadata | None = None
+    tags: Tags | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EventIn:
+        if self.cached_tokens > self.prompt_tokens:
+            raise ValueError("cached_tokens: must not exceed prompt_tokens")
+        if self.total_tokens is None:
+            self.total_tokens = self.prompt_tokens + self.output_tokens
+        if self.request_id is None:
+            self.request_id = str(uuid.uuid4())
+        if self.timestamp is None:
+            self.timestamp = datetime.now(UTC)
+        return self
+
+    @property
+    def client_cost(self) -> Decimal | None:
+        if self.response_cost is not None:
+            return self.response_cost
+        if self.prompt_cost is not None or self.output_cost is not None:
+            return (self.prompt_cost or Decimal(0)) + (self.output_cost or Decimal(0))
+        return None
+
+
+class CacheStatIn(_Strict):
+    cache_hit: Tokens = 0
+    cache_miss: Tokens = 0
+    avg_lookup_time_ms: Millis = 0.0
+    team_alias: Alias | None = None
+    timestamp: Timestamp | None = None
+
+
+class BatchRunIn(_Strict):
+    batch_id: Text(128, 1)
+    batch_size: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=1_000_000)]
+    total_tokens: Tokens = 0
+    batch_cost: Usd = Decimal(0)
+    batch_latency_ms: Millis = 0.0
+    status: Literal["success", "error", "partial"] = "success"
+    team_alias: Alias | None = None
+    timestamp: Timestamp | None = None
+
+
+def field_errors(exc: ValidationError) -> dict[str, list[str]]:
+    """pydantic errors as `{field: [message, ...]}`, the API's one error shape."""
+    errors: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "non_field_errors"
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if location == "non_field_errors" and ": " in message:  # model-level rule naming its field
+            location, message = message.split(": ", 1)
+        if error["type"] == "extra_forbidden":
+            message = "is not a known field"
+        elif error["type"] == "missing":
+            message = "is required"
+        errors.setdefault(location, []).append(message)
+    return errors

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("metrics/track", api.TrackView.as_view(), name="metrics-track"),
+    path("events", api.EventBatchView.as_view(), name="events"),
+    path("metrics/cache", api.CacheStatView.as_view(), name="metrics-cache"),
+    path("metrics/batch", api.BatchRunView.as_view(), name="metrics-batch"),
+    path("dashboard/metrics", api.DashboardMetricsView.as_view(), name="dashboard-metrics"),
+    path("requests/recent", api.RecentRequestsView.as_view(), name="requests-recent"),
+]
