@@ -5,6 +5,7 @@ silently falling back to a default.
 """
 
 import os
+import secrets
 import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -69,9 +70,9 @@ def env_url(name: str, parse, default: str | None):
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG and not env_bool("LLMCOST_ALLOW_DEV_SECRET", False):
+    if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "dev-only-insecure-secret-key-change-me-0123456789abcdefghijklmnop"
+    SECRET_KEY = secrets.token_urlsafe(50)  # development only: sessions end when the process does
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -254,3 +255,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.server": {"level": "WARNING"}},
 }
+
+# Tests and `make run` may start before collectstatic has written a manifest: fall back to the
+# plain file name instead of failing the page.
+WHITENOISE_MANIFEST_STRICT = False

@@ -63,10 +63,11 @@ class TrackView(APIView):
         if rejected:
             raise ApiValidationError(rejected[0].errors)
         result = recorded[0]
+        message = "Duplicate request_id: already recorded" if result.duplicate else "Metrics tracked successfully"
         return Response(
             {
                 "status": "success",
-                "message": "Duplicate request_id: already recorded" if result.duplicate else "Metrics tracked successfully",
+                "message": message,
                 "request_id": result.request_id,
                 "cost": result.cost,
                 "tokens": result.tokens,

@@ -77,6 +77,9 @@ class CacheStat(models.Model):
     class Meta:
         indexes = [models.Index(fields=["organization", "timestamp"], name="cachestat_org_time")]
 
+    def __str__(self) -> str:
+        return f"cache {self.cache_hit}/{self.cache_hit + self.cache_miss} at {self.timestamp:%Y-%m-%d %H:%M}"
+
 
 class BatchRun(models.Model):
     """One batch of LLM calls processed together (the seed's batch_metrics)."""
@@ -94,3 +97,6 @@ class BatchRun(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization", "batch_id"], name="batch_id_unique_in_org")]
         indexes = [models.Index(fields=["organization", "timestamp"], name="batchrun_org_time")]
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id} ({self.batch_size})"

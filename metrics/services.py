@@ -110,9 +110,9 @@ class _EventInsert:
             if f.get_internal_type() in ("DecimalField", "DateTimeField", "JSONField")
         ]
         quote = connection.ops.quote_name
-        self.sql_head = (
-            f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
-        )
+        # Table and column names come from the model, never from input.
+        table, columns = quote(UsageEvent._meta.db_table), ", ".join(quote(f.column) for f in fields)
+        self.sql_head = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
         self.sql_tail = " ON CONFLICT (organization_id, request_id) DO NOTHING RETURNING request_id"
         self.placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
 
@@ -160,7 +160,9 @@ def usage_events_record(
                 RejectedEvent(index, {"team_alias": [f"no team {event.team_alias!r} in this organization"]})
             )
             continue
-        row = _event_row(event, organization_id=token.organization_id, team_id=team.pk, received_at=received_at, book=book)
+        row = _event_row(
+            event, organization_id=token.organization_id, team_id=team.pk, received_at=received_at, book=book
+        )
         if event.request_id in seen:
             kept.append((index, event, row, True))  # repeated inside this request
             continue

@@ -36,7 +36,9 @@ class MembershipAdmin(admin.ModelAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are created here with their secret shown once in a message; the secret is never stored."""
 
-    list_display = ("display_prefix", "name", "organization", "team", "can_ingest", "can_read", "last_used_at", "revoked_at")
+    list_display = (
+        "display_prefix", "name", "organization", "team", "can_ingest", "can_read", "last_used_at", "revoked_at",
+    )
     list_filter = ("can_ingest", "can_read", "organization")
     search_fields = ("name", "lookup", "organization__slug")
     fields = ("organization", "team", "name", "can_ingest", "can_read", "revoked_at", "last_used_at", "display_prefix")

@@ -35,5 +35,6 @@ class Command(BaseCommand):
             name=name,
         )
         where = f"team {pinned.alias}" if pinned else "all teams"
-        self.stdout.write(f"Created token {token.display_prefix} for {org_slug} ({where}; scopes: {','.join(token.scopes)})")
+        scopes_text = ",".join(token.scopes)
+        self.stdout.write(f"Created token {token.display_prefix} for {org_slug} ({where}; scopes: {scopes_text})")
         self.stdout.write(raw)
