@@ -100,3 +100,100 @@ class BatchRun(models.Model):
 
     def __str__(self) -> str:
         return f"batch {self.batch_id} ({self.batch_size})"
+
+
+class DirtyHour(models.Model):
+    """An hour of one organization whose rollups no longer match its raw events.
+
+    Ingest bumps `version` in the same transaction as the events it stores; the rollup deletes
+    the mark only if the version is still the one it read before recomputing, so an event that
+    lands during a recompute always leaves the hour dirty for the next run.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    version = models.BigIntegerField(default=1)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "hour"], name="dirty_hour_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.hour:%Y-%m-%d %H}:00 v{self.version}"
+
+
+class DirtyDay(models.Model):
+    """A UTC day whose daily rollups must be rebuilt from its hourly rollups."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    day = models.DateTimeField()
+    version = models.BigIntegerField(default=1)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "day"], name="dirty_day_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day:%Y-%m-%d} v{self.version}"
+
+
+class Rollup(models.Model):
+    """Totals of the events of one bucket (hour or day) for one team, model and user.
+
+    Each bucket also has one row per team and model with `is_team_total` set, summing all users,
+    so organization and team views read a few rows per bucket instead of one per user.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=255, blank=True)
+    is_team_total = models.BooleanField(default=False)
+    start = models.DateTimeField()
+
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(default=0, **MONEY)
+    errors = models.BigIntegerField(default=0)
+    cache_hits = models.BigIntegerField(default=0)
+    unpriced = models.BigIntegerField(default=0)
+    latency_sum_ms = models.FloatField(default=0)
+    ttft_sum_ms = models.FloatField(default=0)
+    ttft_count = models.BigIntegerField(default=0)
+    latency_sketch = models.JSONField(default=dict)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def cache_misses(self) -> int:
+        return self.requests - self.cache_hits
+
+
+class HourlyRollup(Rollup):
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "start", "team", "model", "user_id", "is_team_total"],
+                name="hourly_rollup_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "is_team_total", "start"], name="hourly_org_total_start")]
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d %H}:00 {self.model} {self.cost}"
+
+
+class DailyRollup(Rollup):
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "start", "team", "model", "user_id", "is_team_total"],
+                name="daily_rollup_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "is_team_total", "start"], name="daily_org_total_start")]
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d} {self.model} {self.cost}"

@@ -18,6 +18,7 @@ from teams.access import TeamResolver, UnknownTeam
 from teams.models import ApiToken
 
 from .models import BatchRun, CacheStat, UsageEvent
+from .rollups import mark_hours_dirty
 from .schemas import BatchRunIn, CacheStatIn, EventIn
 
 INSERT_CHUNK = 500  # rows per INSERT: stays under SQLite's 32,766 bound parameters
@@ -172,8 +173,13 @@ def usage_events_record(
         kept.append((index, event, row, False))
 
     stored_as = {row["request_id"]: (row["cost"], row["is_priced"], row["total_tokens"]) for row in rows}
+    timestamps = {row["request_id"]: row["timestamp"] for row in rows}
     with transaction.atomic():
         inserted = _insert(rows) if rows else set()
+        # Last statement before commit: the marks' row locks are held for the shortest time.
+        mark_hours_dirty(
+            organization_id=token.organization_id, moments=[timestamps[request_id] for request_id in inserted]
+        )
     duplicates = {row["request_id"] for row in rows} - inserted
     if duplicates or len(kept) > len(rows):
         wanted = duplicates | {event.request_id for _, event, _, repeated in kept if repeated}

@@ -1,0 +1,231 @@
+"""Services that keep the hourly and daily rollups equal to the raw events.
+
+Ingest marks the hours it touched (`mark_hours_dirty`, in the same transaction as the events).
+`dirty_rollups_refresh` recomputes each dirty hour from raw events with one grouped query and
+replaces that hour's rows, marks its day dirty, and clears the hour's mark only if no event
+arrived meanwhile; then rebuilds dirty days from hourly rows. Every step is one transaction, so a
+worker killed at any point leaves either the old rows and the mark, or the new rows and no mark:
+nothing is lost or counted twice, and running it again (or concurrently) is harmless.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+
+from . import sketch
+from .models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup, Rollup, UsageEvent
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+SUM_FIELDS = (
+    "requests",
+    "prompt_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "cost",
+    "errors",
+    "cache_hits",
+    "unpriced",
+    "latency_sum_ms",
+    "ttft_sum_ms",
+    "ttft_count",
+)
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def day_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _upsert_marks(model, column: str, organization_id: int, moments: Iterable[datetime]) -> None:
+    """Insert marks, or bump the version of existing ones; sorted so concurrent writers lock in one order."""
+    moments = sorted(set(moments))
+    if not moments:
+        return
+    table = connection.ops.quote_name(model._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
+    values = ", ".join(["(%s, %s, 1)"] * len(moments))
+    sql = (
+        f"INSERT INTO {table} (organization_id, {column}, version) VALUES {values} "  # noqa: S608 -- names from models
+        f"ON CONFLICT (organization_id, {column}) DO UPDATE SET version = {table}.version + 1"
+    )
+    params = [value for moment in moments for value in (organization_id, adapt(moment))]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def mark_hours_dirty(*, organization_id: int, moments: Iterable[datetime]) -> None:
+    _upsert_marks(DirtyHour, "hour", organization_id, (hour_of(m) for m in moments))
+
+
+def _mark_days_dirty(*, organization_id: int, moments: Iterable[datetime]) -> None:
+    _upsert_marks(DirtyDay, "day", organization_id, (day_of(m) for m in moments))
+
+
+def _try_lock(*parts) -> bool:
+    """Keep two workers off the same bucket (PostgreSQL); SQLite already runs writers one at a time."""
+    if connection.vendor != "postgresql":
+        return True
+    key = zlib.crc32(":".join(str(p) for p in parts).encode())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
+        return cursor.fetchone()[0]
+
+
+class _Totals:
+    __slots__ = ("latency", "sums")
+
+    def __init__(self):
+        self.sums: dict[str, object] = dict.fromkeys(SUM_FIELDS, 0)
+        self.sums["cost"] = Decimal(0)
+        self.latency: dict[int, int] = {}
+
+    def add(self, values: dict, latency: dict[int, int]) -> None:
+        for name in SUM_FIELDS:
+            self.sums[name] += values[name] or 0
+        for index, count in latency.items():
+            self.latency[index] = self.latency.get(index, 0) + count
+
+    def row(self, model_class, **keys) -> Rollup:
+        return model_class(**keys, **self.sums, latency_sketch=sketch.as_json(self.latency))
+
+
+def _build_rows(model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]]):
+    """Rows per (team, model, user) plus one team-total row per (team, model)."""
+    per_user: dict[tuple, _Totals] = {}
+    per_team: dict[tuple, _Totals] = {}
+    for (team_id, model, user_id), values, latency in groups:
+        per_user.setdefault((team_id, model, user_id), _Totals()).add(values, latency)
+        per_team.setdefault((team_id, model), _Totals()).add(values, latency)
+    rows = [
+        totals.row(
+            model_class,
+            organization_id=organization_id,
+            start=start,
+            team_id=team_id,
+            model=model,
+            user_id=user_id,
+            is_team_total=False,
+        )
+        for (team_id, model, user_id), totals in per_user.items()
+    ]
+    rows += [
+        totals.row(
+            model_class,
+            organization_id=organization_id,
+            start=start,
+            team_id=team_id,
+            model=model,
+            user_id="",
+            is_team_total=True,
+        )
+        for (team_id, model), totals in per_team.items()
+    ]
+    return rows
+
+
+def _hour_groups(organization_id: int, hour: datetime):
+    """One grouped query over the hour's raw events: sums per team, model, user and latency bucket."""
+    grouped = (
+        UsageEvent.objects.filter(organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR)
+        .values("team_id", "model", "user_id", bucket=sketch.bucket_expression())
+        .annotate(
+            requests=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cached_tokens=Sum("cached_tokens"),
+            total_tokens=Sum("total_tokens"),
+            cost=Sum("cost"),
+            errors=Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
+            cache_hits=Count("id", filter=Q(cache_hit=True)),
+            unpriced=Count("id", filter=Q(is_priced=False)),
+            latency_sum_ms=Sum("latency_ms"),
+            ttft_sum_ms=Sum("time_to_first_token_ms"),
+            ttft_count=Count("time_to_first_token_ms"),
+        )
+        .order_by()
+    )
+    for row in grouped:
+        yield (row["team_id"], row["model"], row["user_id"]), row, {row["bucket"]: row["requests"]}
+
+
+def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
+    """Recompute one hour from raw events. False if another worker holds it (it will finish it)."""
+    with transaction.atomic():
+        if not _try_lock("hour", organization_id, hour.isoformat()):
+            return False
+        seen_version = (
+            DirtyHour.objects.filter(organization_id=organization_id, hour=hour)
+            .values_list("version", flat=True)
+            .first()
+        )
+        rows = _build_rows(HourlyRollup, organization_id, hour, _hour_groups(organization_id, hour))
+        HourlyRollup.objects.filter(organization_id=organization_id, start=hour).delete()
+        HourlyRollup.objects.bulk_create(rows, batch_size=1000)
+        _mark_days_dirty(organization_id=organization_id, moments=[hour])
+        if seen_version is not None:
+            DirtyHour.objects.filter(organization_id=organization_id, hour=hour, version=seen_version).delete()
+    return True
+
+
+def day_rollup_refresh(*, organization_id: int, day: datetime) -> bool:
+    """Rebuild one UTC day's rows from its hourly rows."""
+    with transaction.atomic():
+        if not _try_lock("day", organization_id, day.isoformat()):
+            return False
+        seen_version = (
+            DirtyDay.objects.filter(organization_id=organization_id, day=day).values_list("version", flat=True).first()
+        )
+        hourly = HourlyRollup.objects.filter(
+            organization_id=organization_id, start__gte=day, start__lt=day + DAY, is_team_total=False
+        ).values("team_id", "model", "user_id", "latency_sketch", *SUM_FIELDS)
+        groups = (
+            ((row["team_id"], row["model"], row["user_id"]), row, {int(k): v for k, v in row["latency_sketch"].items()})
+            for row in hourly.iterator(chunk_size=5000)
+        )
+        rows = _build_rows(DailyRollup, organization_id, day, groups)
+        DailyRollup.objects.filter(organization_id=organization_id, start=day).delete()
+        DailyRollup.objects.bulk_create(rows, batch_size=1000)
+        if seen_version is not None:
+            DirtyDay.objects.filter(organization_id=organization_id, day=day, version=seen_version).delete()
+    return True
+
+
+@dataclass
+class RefreshResult:
+    hours: int = 0
+    days: int = 0
+    skipped: int = 0
+
+
+def dirty_rollups_refresh(*, time_budget_seconds: float = 50.0) -> RefreshResult:
+    """Recompute the hours and days dirty when called (newly dirtied ones wait for the next run)."""
+    result = RefreshResult()
+    deadline = time.monotonic() + time_budget_seconds
+    for organization_id, hour in list(DirtyHour.objects.order_by("hour").values_list("organization_id", "hour")):
+        if time.monotonic() > deadline:
+            return result
+        if hour_rollup_refresh(organization_id=organization_id, hour=hour):
+            result.hours += 1
+        else:
+            result.skipped += 1
+    for organization_id, day in list(DirtyDay.objects.order_by("day").values_list("organization_id", "day")):
+        if time.monotonic() > deadline:
+            return result
+        if day_rollup_refresh(organization_id=organization_id, day=day):
+            result.days += 1
+        else:
+            result.skipped += 1
+    return result
