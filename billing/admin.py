@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from .models import ModelPrice
-from .pricing import forget_price_book
+from .services import reprice_after_change
 
 
 @admin.register(ModelPrice)
@@ -21,4 +21,17 @@ class ModelPriceAdmin(admin.ModelAdmin):
         else:
             obj.source = ModelPrice.Source.ADMIN
         super().save_model(request, obj, form, change)
-        forget_price_book()
+        reprice_after_change(provider=obj.provider, model=obj.model, effective_from=obj.effective_from)
+        moved_from = form.initial.get("effective_from") if change and form is not None else None
+        if moved_from and moved_from != obj.effective_from:  # the window it used to govern changes too
+            reprice_after_change(provider=obj.provider, model=obj.model, effective_from=moved_from)
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        reprice_after_change(provider=obj.provider, model=obj.model, effective_from=obj.effective_from)
+
+    def delete_queryset(self, request, queryset):
+        deleted = list(queryset.values_list("provider", "model", "effective_from"))
+        super().delete_queryset(request, queryset)
+        for provider, model, effective_from in deleted:
+            reprice_after_change(provider=provider, model=model, effective_from=effective_from)

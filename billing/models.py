@@ -3,6 +3,11 @@ from datetime import UTC, datetime
 from django.db import models
 from django.utils import timezone
 
+
+def default_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
 # Catalog prices with no start date are in force from the beginning of time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -49,3 +54,77 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class Budget(models.Model):
+    """A spending limit for an organization, a team, or one user within a team, per calendar period.
+
+    Periods follow the organization's time zone. A new period starts from zero simply because
+    spend is always summed over the current period: there is no reset job that could wipe spend.
+    """
+
+    class Period(models.TextChoices):
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly (from Monday)"
+        MONTHLY = "monthly", "Monthly"
+
+    organization = models.ForeignKey("teams.Organization", on_delete=models.CASCADE, related_name="budgets")
+    team = models.ForeignKey(
+        "teams.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
+        help_text="Empty: the whole organization.",
+    )
+    user_id = models.CharField(max_length=255, blank=True, help_text="Limit one user within the team.")
+    name = models.CharField(max_length=200, blank=True)
+    amount_usd = models.DecimalField(max_digits=18, decimal_places=6)
+    period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTHLY)
+    thresholds = models.JSONField(default=default_thresholds, help_text="Percentages that send an alert.")
+    is_hard = models.BooleanField(
+        default=False, help_text="Reaching the limit makes budget checks answer 'not allowed'."
+    )
+    extra_emails = models.JSONField(default=list, blank=True, help_text="Also alert these addresses.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user_id="") | models.Q(team__isnull=False), name="user_budget_needs_team"
+            ),
+            models.CheckConstraint(condition=models.Q(amount_usd__gt=0), name="budget_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope_label}: ${self.amount_usd} {self.period}"
+
+    @property
+    def scope_label(self) -> str:
+        if self.team_id is None:
+            return f"{self.organization.slug} (organization)"
+        if self.user_id:
+            return f"{self.organization.slug}/{self.team.alias} user {self.user_id}"
+        return f"{self.organization.slug}/{self.team.alias}"
+
+
+class BudgetAlert(models.Model):
+    """One threshold crossed in one period. The unique row is the lock: it is created once, sent once."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField()
+    spend_usd = models.DecimalField(max_digits=24, decimal_places=12)
+    limit_usd = models.DecimalField(max_digits=18, decimal_places=6)
+    created_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    recipients = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="one_alert_per_threshold")
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.budget} {self.threshold}% ({self.period_start:%Y-%m-%d})"

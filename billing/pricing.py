@@ -144,12 +144,18 @@ class PriceBook:
         provider = (provider or "").strip().lower() or hinted
         provider = PROVIDER_ALIASES.get(provider, provider) if provider else None
         stripped = _SNAPSHOT_SUFFIX.sub("", name)
-        for candidate in dict.fromkeys((name, stripped)):
-            keys = self._exact.get(candidate)
+        # From the most to the least specific way of matching the name.
+        tiers = [self._exact.get(name, []), self._exact.get(stripped, []) if stripped != name else []]
+        tiers.append([key for kind, pattern, key in self._globs if _pattern_matches(kind, pattern, name)])
+        if provider:  # a provider the client named wins over a closer match at another provider
+            for keys in tiers:
+                for key in keys:
+                    if key[0] == provider:
+                        return key
+        for keys in tiers:
             if keys:
-                return _prefer(keys, provider, name)
-        keys = [key for kind, pattern, key in self._globs if _pattern_matches(kind, pattern, name)]
-        return _prefer(keys, provider, name) if keys else None
+                return _prefer(keys, name)
+        return None
 
 
 def _pattern_matches(kind: str, pattern: str, name: str) -> bool:
@@ -161,12 +167,8 @@ def _pattern_matches(kind: str, pattern: str, name: str) -> bool:
         return False
 
 
-def _prefer(keys: list[tuple[str, str]], provider: str | None, name: str) -> tuple[str, str]:
-    """Several providers sell the same model: the named provider first, then its maker."""
-    if provider:
-        for key in keys:
-            if key[0] == provider:
-                return key
+def _prefer(keys: list[tuple[str, str]], name: str) -> tuple[str, str]:
+    """Several providers sell the same model: prefer its maker, as the bundled catalog names it."""
     maker = _maker_of(name)
     for key in keys:
         if key[0] == maker:

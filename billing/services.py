@@ -1,16 +1,30 @@
-"""Writes for billing: loading the price catalog."""
+"""Writes for billing: loading the price catalog and repricing events when a price changes."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
+from django.db.models import F, Q
+from django.template.loader import render_to_string
 from django.utils import timezone
 
-from .models import EPOCH, ModelPrice
+from metrics.models import UsageEvent
+from metrics.selectors import EventFilter, top_usage
+from teams.access import AccessScope
+from teams.models import Membership, Role
+
+from .models import EPOCH, Budget, BudgetAlert, ModelPrice, default_thresholds
 from .pricing import forget_price_book
+from .selectors import budget_status
+
+logger = logging.getLogger(__name__)
 
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok", "match_patterns")
 
@@ -132,4 +146,157 @@ def price_catalog_sync() -> SyncResult:
     ModelPrice.objects.bulk_update(to_update, [*PRICE_FIELDS, "updated_at"], batch_size=500)
     result.created, result.updated = len(to_create), len(to_update)
     transaction.on_commit(forget_price_book)
+    if UsageEvent.objects.exists():  # a fresh install has nothing to reprice
+        for row in [*to_create, *to_update]:
+            reprice_after_change(provider=row.provider, model=row.model, effective_from=row.effective_from)
     return result
+
+
+def reprice_after_change(*, provider: str, model: str, effective_from) -> None:
+    """After commit, reprice the events in the window this price row governs (or governed)."""
+    from .tasks import events_reprice
+
+    end = (
+        ModelPrice.objects.filter(provider=provider, model=model, effective_from__gt=effective_from)
+        .order_by("effective_from")
+        .values_list("effective_from", flat=True)
+        .first()
+    )
+
+    forget_price_book()  # this process prices its next event with the change
+
+    def enqueue() -> None:
+        forget_price_book()  # ...and not with a book reloaded before the change committed
+        try:
+            events_reprice.delay(provider, model, effective_from.isoformat(), end.isoformat() if end else None)
+        except Exception:  # the price is saved either way; say loudly that events were not repriced
+            logger.exception("Could not queue repricing of %s/%s from %s", provider, model, effective_from)
+
+    transaction.on_commit(enqueue)
+
+
+# --- budgets ------------------------------------------------------------------------------------
+
+
+def budget_create(
+    *,
+    organization,
+    amount_usd: Decimal,
+    period: str,
+    team=None,
+    user_id: str = "",
+    thresholds: list[int] | None = None,
+    is_hard: bool = False,
+    extra_emails: list[str] | None = None,
+    name: str = "",
+) -> Budget:
+    if team is not None and team.organization_id != organization.pk:
+        raise ValueError("The team belongs to another organization.")
+    if user_id and team is None:
+        raise ValueError("A user budget needs a team.")
+    if amount_usd <= 0:
+        raise ValueError("The amount must be positive.")
+    thresholds = sorted(set(thresholds or default_thresholds()))
+    if not thresholds or any(not 0 < t <= 1000 for t in thresholds):
+        raise ValueError("Thresholds are percentages between 1 and 1000.")
+    return Budget.objects.create(
+        organization=organization, team=team, user_id=user_id, amount_usd=amount_usd, period=period,
+        thresholds=thresholds, is_hard=is_hard, extra_emails=list(extra_emails or []), name=name,
+    )
+
+
+def budget_alert_recipients(budget: Budget) -> list[str]:
+    """The organization's owners and admins who can see the budget's team, plus its extra addresses."""
+    memberships = Membership.objects.filter(
+        organization_id=budget.organization_id, role__in=[Role.OWNER, Role.ADMIN]
+    ).select_related("user")
+    if budget.team_id is not None:
+        memberships = memberships.filter(Q(teams__isnull=True) | Q(teams=budget.team_id)).distinct()
+    emails = [m.user.email for m in memberships if m.user.email]
+    return sorted(set(emails) | set(budget.extra_emails or []))
+
+
+def budgets_evaluate(*, now: datetime | None = None) -> int:
+    """Record each threshold crossed in the current period, once; then send what is unsent.
+
+    The unique (budget, period_start, threshold) row is the lock: however many workers evaluate
+    at once, one row exists per crossing, and `budget_alerts_send` claims each row before sending.
+    """
+    now = now or datetime.now(UTC)
+    created = 0
+    for budget in Budget.objects.filter(is_active=True).select_related("organization", "team"):
+        status = budget_status(budget, now, fresh=True)
+        crossed = [t for t in budget.thresholds if status.spend * 100 >= budget.amount_usd * t]
+        for threshold in crossed:
+            _, was_created = BudgetAlert.objects.get_or_create(
+                budget=budget,
+                period_start=status.period_start,
+                threshold=threshold,
+                defaults={"spend_usd": status.spend, "limit_usd": budget.amount_usd},
+            )
+            created += was_created
+    budget_alerts_send(now=now)
+    return created
+
+
+CLAIM_TIMEOUT = timedelta(minutes=10)  # a claim older than this belonged to a worker that died
+
+
+def budget_alerts_send(*, now: datetime | None = None) -> int:
+    """Send unsent alerts; each is claimed by a conditional update so only one worker sends it."""
+    now = now or datetime.now(UTC)
+    sent = 0
+    pending = BudgetAlert.objects.filter(
+        sent_at__isnull=True, attempts__lt=settings.BUDGET_ALERT_MAX_ATTEMPTS
+    ).select_related("budget__organization", "budget__team")
+    for alert in pending:
+        claimed = (
+            BudgetAlert.objects.filter(pk=alert.pk, sent_at__isnull=True)
+            .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
+            .update(claimed_at=now, attempts=F("attempts") + 1)
+        )
+        if claimed != 1:
+            continue
+        recipients = budget_alert_recipients(alert.budget)
+        try:
+            if recipients:
+                _alert_message(alert, recipients, now).send()
+        except Exception as exc:  # SMTP refused, timed out...: record it and let the next run retry
+            logger.warning("Budget alert %s not sent: %s", alert.pk, exc)
+            BudgetAlert.objects.filter(pk=alert.pk).update(claimed_at=None, last_error=f"{type(exc).__name__}: {exc}")
+            continue
+        BudgetAlert.objects.filter(pk=alert.pk).update(sent_at=now, recipients=recipients, last_error="")
+        sent += 1
+    return sent
+
+
+def _alert_message(alert: BudgetAlert, recipients: list[str], now: datetime) -> EmailMultiAlternatives:
+    budget = alert.budget
+    status = budget_status(budget, now, fresh=True)
+    scope = AccessScope(
+        organization=budget.organization, team_ids=None if budget.team_id is None else frozenset([budget.team_id])
+    )
+    period = EventFilter(start=status.period_start, end=min(status.period_end, now), user_id=budget.user_id or None)
+    team_query = f"?team={budget.team.alias}" if budget.team_id else ""
+    context = {
+        "alert": alert,
+        "budget": budget,
+        "status": status,
+        "organization": budget.organization,
+        "team": budget.team,
+        "percent_used": round(status.fraction_used * 100, 1),
+        "period_start_local": status.period_start.astimezone(ZoneInfo(budget.organization.time_zone)),
+        "period_end_local": status.period_end.astimezone(ZoneInfo(budget.organization.time_zone)),
+        "top_models": top_usage(scope=scope, filters=period, dimension="model"),
+        "top_users": top_usage(scope=scope, filters=period, dimension="user_id"),
+        "dashboard_url": f"{settings.SITE_URL}/o/{budget.organization.slug}/{team_query}",
+    }
+    subject = render_to_string("emails/budget_alert_subject.txt", context).strip()
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string("emails/budget_alert.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=recipients,
+    )
+    message.attach_alternative(render_to_string("emails/budget_alert.html", context), "text/html")
+    return message

@@ -132,7 +132,16 @@ TEMPLATES = [
 
 # --- database -------------------------------------------------------------------------------
 _default_sqlite = f"sqlite:///{VAR_DIR / 'llmcost.sqlite3'}"
-DATABASES = {"default": env_url("DATABASE_URL", environ.Env.db_url_config, _default_sqlite)}
+
+
+def _database_url(raw: str) -> dict:
+    scheme = urlsplit(raw).scheme
+    if scheme not in environ.Env.DB_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {sorted(environ.Env.DB_SCHEMES)}")
+    return environ.Env.db_url_config(raw)
+
+
+DATABASES = {"default": env_url("DATABASE_URL", _database_url, _default_sqlite)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the Celery worker write at the same time: WAL lets readers and one
     # writer proceed together, IMMEDIATE takes the write lock at BEGIN (so a transaction never
@@ -290,3 +299,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+RAW_EVENT_RETENTION_DAYS = env_int("RAW_EVENT_RETENTION_DAYS", 90, minimum=2)
+CELERY_BEAT_SCHEDULE = {
+    # `expires`: if no worker runs for a while, stale runs are dropped rather than piling up.
+    "rollups-refresh": {"task": "metrics.tasks.rollups_refresh", "schedule": 60.0, "options": {"expires": 55}},
+    "budgets-evaluate": {"task": "billing.tasks.budgets_evaluate", "schedule": 60.0, "options": {"expires": 55}},
+    "raw-events-prune": {"task": "metrics.tasks.raw_events_prune", "schedule": 3600.0, "options": {"expires": 3000}},
+}
+# Budget spend is cached this long per budget for budget checks and ingest answers.
+BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
+# How many times a failing alert email is retried (once per evaluation run) before giving up.
+BUDGET_ALERT_MAX_ATTEMPTS = env_int("BUDGET_ALERT_MAX_ATTEMPTS", 5, minimum=1)
+# Where links in emails point.
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")

@@ -7,6 +7,7 @@ from .health import healthz, readyz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("metrics.urls")),
+    path("api/v1/", include("billing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),

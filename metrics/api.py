@@ -15,6 +15,7 @@ from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.selectors import budget_check
 from teams.authentication import CanIngest, CanRead
 
 from .schemas import BatchRunIn, CacheStatIn, EventIn, MalformedBody, field_errors, parse_json_body
@@ -73,6 +74,9 @@ class TrackView(APIView):
                 "tokens": result.tokens,
                 "duplicate": result.duplicate,
                 "priced": result.is_priced,
+                "budget": budget_check(
+                    organization=request.auth.organization, team=result.team, user_id=event.user_id
+                ),
             }
         )
 
@@ -123,7 +127,13 @@ class EventBatchView(APIView):
                 for r in recorded
             ],
         }
-        if not recorded:
+        if recorded:
+            teams = {r.team.pk: r.team for r in recorded}.values()
+            body["budgets"] = {
+                team.alias: budget_check(organization=request.auth.organization, team=team, user_id=None)
+                for team in teams
+            }
+        else:
             body["message"] = "No event was valid."
         return Response(body, status=200 if recorded else 400)
 

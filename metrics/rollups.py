@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 
@@ -166,6 +167,10 @@ def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
     with transaction.atomic():
         if not _try_lock("hour", organization_id, hour.isoformat()):
             return False
+        if hour < retention_cutoff():
+            # Its raw events are (being) pruned: recomputing would erase rollups we cannot rebuild.
+            DirtyHour.objects.filter(organization_id=organization_id, hour=hour).delete()
+            return True
         seen_version = (
             DirtyHour.objects.filter(organization_id=organization_id, hour=hour)
             .values_list("version", flat=True)
@@ -229,3 +234,22 @@ def dirty_rollups_refresh(*, time_budget_seconds: float = 50.0) -> RefreshResult
         else:
             result.skipped += 1
     return result
+
+
+def retention_cutoff(now: datetime | None = None) -> datetime:
+    """Raw events before this hour are pruned; their hours live on in the rollups only."""
+    now = now or datetime.now(UTC)
+    return hour_of(now - timedelta(days=settings.RAW_EVENT_RETENTION_DAYS))
+
+
+def raw_events_prune(*, chunk_size: int = 5000, time_budget_seconds: float = 300.0) -> int:
+    """Delete raw events older than the retention window in bounded chunks; rollups are kept."""
+    cutoff = retention_cutoff()
+    deadline = time.monotonic() + time_budget_seconds
+    deleted = 0
+    while time.monotonic() < deadline:
+        ids = list(UsageEvent.objects.filter(timestamp__lt=cutoff).values_list("id", flat=True)[:chunk_size])
+        if not ids:
+            break
+        deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]
+    return deleted

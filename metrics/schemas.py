@@ -83,10 +83,12 @@ def _aware_timestamp(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # the seed sends naive UTC times ("2025-12-14 19:37:14")
     value = value.astimezone(UTC)
-    if value < EARLIEST_TIMESTAMP:
-        raise ValueError(f"must not be before {EARLIEST_TIMESTAMP:%Y-%m-%d}")
-    limit = datetime.now(UTC) + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS)
-    if value > limit:
+    now = datetime.now(UTC)
+    # A day short of the raw retention window, so an accepted event is rolled up before it is pruned.
+    oldest_days = settings.RAW_EVENT_RETENTION_DAYS - 1
+    if value < max(EARLIEST_TIMESTAMP, now - timedelta(days=oldest_days)):
+        raise ValueError(f"is older than the {oldest_days}-day window this service keeps raw events for")
+    if value > now + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
         raise ValueError("is in the future; send the time the call was made (UTC)")
     return value
 

@@ -127,7 +127,9 @@ class _Sources:
         return [qs for qs in (self.daily, self.hourly) if qs is not None]
 
 
-def _filtered(scope: AccessScope, queryset: QuerySet, filters: EventFilter, *, rollup: bool) -> QuerySet:
+def _filtered(
+    scope: AccessScope, queryset: QuerySet, filters: EventFilter, *, rollup: bool, per_user: bool = False
+) -> QuerySet:
     queryset = scope.filter(queryset)
     if filters.team_alias:
         queryset = queryset.filter(team=scope.team(filters.team_alias))
@@ -135,23 +137,27 @@ def _filtered(scope: AccessScope, queryset: QuerySet, filters: EventFilter, *, r
         # The seed's model_filter matches a family ("gpt-4" finds gpt-4 and gpt-4o).
         queryset = queryset.filter(model__icontains=filters.model)
     if rollup:
-        if filters.user_id is not None:
-            queryset = queryset.filter(is_team_total=False, user_id=filters.user_id)
-        else:
-            queryset = queryset.filter(is_team_total=True)
-    elif filters.user_id is not None:
+        # Team-total rows answer unless the question is about users.
+        queryset = queryset.filter(is_team_total=not (per_user or filters.user_id is not None))
+    if filters.user_id is not None:
         queryset = queryset.filter(user_id=filters.user_id)
     return queryset
 
 
-def _sources(scope: AccessScope, filters: EventFilter) -> _Sources:
+def _sources(scope: AccessScope, filters: EventFilter, *, per_user: bool = False) -> _Sources:
     plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
     days, hours, raw = _within(plan.days, "start"), _within(plan.hours, "start"), _within(plan.raw, "timestamp")
+
+    def source(queryset: QuerySet, within: Q | None, *, rollup: bool) -> QuerySet | None:
+        if within is None:
+            return None
+        return _filtered(scope, queryset.filter(within), filters, rollup=rollup, per_user=per_user)
+
     return _Sources(
         plan=plan,
-        daily=_filtered(scope, DailyRollup.objects.filter(days), filters, rollup=True) if days else None,
-        hourly=_filtered(scope, HourlyRollup.objects.filter(hours), filters, rollup=True) if hours else None,
-        raw=_filtered(scope, UsageEvent.objects.filter(raw), filters, rollup=False) if raw else None,
+        daily=source(DailyRollup.objects.all(), days, rollup=True),
+        hourly=source(HourlyRollup.objects.all(), hours, rollup=True),
+        raw=source(UsageEvent.objects.all(), raw, rollup=False),
     )
 
 
@@ -326,3 +332,23 @@ def recent_requests(*, events: QuerySet[UsageEvent], limit: int) -> list[dict]:
         row["team_alias"] = row.pop("team__alias")
         row["response_cost"] = row["cost"]  # the seed's name for the same figure
     return rows
+
+
+def top_usage(*, scope: AccessScope, filters: EventFilter, dimension: str, limit: int = 5) -> list[dict]:
+    """The biggest spenders by `model` or `user_id` for a range: [{name, cost, requests}], costliest first."""
+    if dimension not in ("model", "user_id"):
+        raise ValueError(dimension)
+    sources = _sources(scope, filters, per_user=dimension == "user_id")
+    totals: dict[str, dict] = {}
+    for queryset in sources.rollups:
+        for row in queryset.values(dimension).annotate(cost=Sum("cost"), requests=Sum("requests")).order_by():
+            entry = totals.setdefault(row[dimension], {"cost": Decimal(0), "requests": 0})
+            entry["cost"] += row["cost"] or 0
+            entry["requests"] += row["requests"] or 0
+    if sources.raw is not None:
+        for row in sources.raw.values(dimension).annotate(cost=Sum("cost"), requests=Count("id")).order_by():
+            entry = totals.setdefault(row[dimension], {"cost": Decimal(0), "requests": 0})
+            entry["cost"] += row["cost"] or 0
+            entry["requests"] += row["requests"]
+    ranked = sorted(totals.items(), key=lambda item: (-item[1]["cost"], item[0]))[:limit]
+    return [{"name": name, **values} for name, values in ranked]

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import connection, transaction
+from django.db.models import Q
 
 from billing.pricing import event_cost, normalise_model_name, price_book
 from teams.access import TeamResolver, UnknownTeam
-from teams.models import ApiToken
+from teams.models import ApiToken, Team
 
 from .models import BatchRun, CacheStat, UsageEvent
 from .rollups import mark_hours_dirty
@@ -32,6 +33,7 @@ class RecordedEvent:
     cost: Decimal
     tokens: int
     is_priced: bool
+    team: Team
 
 
 @dataclass(slots=True)
@@ -152,7 +154,6 @@ def usage_events_record(
     received_at = datetime.now(UTC)
 
     rows, kept, rejected, seen = [], [], [], set()
-    first_of: dict[str, int] = {}
     for index, event in events:
         try:
             team = resolver.resolve(event.team_alias)
@@ -165,12 +166,11 @@ def usage_events_record(
             event, organization_id=token.organization_id, team_id=team.pk, received_at=received_at, book=book
         )
         if event.request_id in seen:
-            kept.append((index, event, row, True))  # repeated inside this request
+            kept.append((index, event, team, True))  # repeated inside this request
             continue
         seen.add(event.request_id)
-        first_of[event.request_id] = len(rows)
         rows.append(row)
-        kept.append((index, event, row, False))
+        kept.append((index, event, team, False))
 
     stored_as = {row["request_id"]: (row["cost"], row["is_priced"], row["total_tokens"]) for row in rows}
     timestamps = {row["request_id"]: row["timestamp"] for row in rows}
@@ -188,7 +188,7 @@ def usage_events_record(
             stored_as[request_id] = tuple(answer)
 
     recorded = []
-    for index, event, _row, repeated in kept:
+    for index, event, team, repeated in kept:
         cost, is_priced, tokens = stored_as[event.request_id]
         recorded.append(
             RecordedEvent(
@@ -198,6 +198,7 @@ def usage_events_record(
                 cost=Decimal(cost),
                 tokens=tokens,
                 is_priced=is_priced,
+                team=team,
             )
         )
     return recorded, rejected
@@ -231,3 +232,71 @@ def batch_run_record(*, token: ApiToken, run: BatchRunIn) -> tuple[BatchRun, boo
             "status": run.status,
         },
     )
+
+
+REPRICE_FIELDS = ("model", "provider", "prompt_cost", "output_cost", "cost", "is_priced", "price_id")
+
+
+def usage_events_reprice(
+    *, provider: str, model: str, start: datetime, end: datetime | None, chunk_size: int = 2000
+) -> int:
+    """Price again the events a price change can touch and mark their hours for the rollups.
+
+    Candidates are events in [start, end) that were priced by this model's prices or were
+    unpriced (a new price may now match them). Events whose cost does not change are left alone,
+    so old totals change only where the new price really applies. Returns the events updated.
+    """
+    from billing.pricing import forget_price_book
+
+    forget_price_book()
+    book = price_book()
+    candidates = UsageEvent.objects.filter(
+        Q(price__provider=provider, price__model=model) | Q(is_priced=False), timestamp__gte=start
+    )
+    if end is not None:
+        candidates = candidates.filter(timestamp__lt=end)
+    updated, last_id = 0, 0
+    while True:
+        chunk = list(candidates.filter(id__gt=last_id).order_by("id")[:chunk_size])
+        if not chunk:
+            return updated
+        last_id = chunk[-1].id
+        changed = [event for event in chunk if _repriced(event, book)]
+        if not changed:
+            continue
+        with transaction.atomic():
+            UsageEvent.objects.bulk_update(changed, REPRICE_FIELDS)
+            for organization_id in {event.organization_id for event in changed}:
+                mark_hours_dirty(
+                    organization_id=organization_id,
+                    moments=[e.timestamp for e in changed if e.organization_id == organization_id],
+                )
+        updated += len(changed)
+
+
+def _repriced(event: UsageEvent, book) -> bool:
+    """Apply the current price book to one stored event; True if anything changed."""
+    key = book.find(event.model_requested, event.provider or None)
+    price = book.price_at(key, event.timestamp) if key else None
+    if price is None:
+        if not event.is_priced:
+            return False
+        new = {
+            "is_priced": False, "price_id": None, "cost": event.client_cost or Decimal(0),
+            "prompt_cost": Decimal(0), "output_cost": Decimal(0), "model": normalise_model_name(event.model_requested),
+            "provider": event.provider,
+        }
+    else:
+        cost = event_cost(
+            price, prompt_tokens=event.prompt_tokens, cached_tokens=event.cached_tokens,
+            output_tokens=event.output_tokens,
+        )
+        new = {
+            "is_priced": True, "price_id": price.id, "cost": cost.total, "prompt_cost": cost.prompt_cost,
+            "output_cost": cost.output_cost, "model": price.model, "provider": price.provider,
+        }
+    if all(getattr(event, name) == value for name, value in new.items()):
+        return False
+    for name, value in new.items():
+        setattr(event, name, value)
+    return True

@@ -12,7 +12,9 @@ from .models import ApiToken, Membership, Organization, Role, Team
 
 @transaction.atomic
 def organization_create(*, slug: str, name: str = "") -> Organization:
-    organization = Organization.objects.create(slug=slug, name=name or slug)
+    organization = Organization(slug=slug, name=name or slug)
+    organization.full_clean()  # the slug names the tenant in URLs
+    organization.save()
     default_team(organization)
     return organization
 

@@ -15,6 +15,7 @@ from billing.services import price_catalog_sync
 from metrics.models import UsageEvent
 from tests.conftest import api, event, make_price, utc
 
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # world creates four users; PBKDF2 would make that a second per test.
@@ -162,7 +163,7 @@ def test_it_counts_unpriced_events_on_the_dashboard(world):
 
 
 def test_it_uses_the_server_price_not_the_client_cost_when_a_price_is_known(world):
-    _, data, row = track(world.ingest, response_cost=99)
+    _, _, row = track(world.ingest, response_cost=99)
     assert row.is_priced
     assert row.cost == Decimal("0.006")  # 1000 × 2 + 500 × 8
     assert row.client_cost == Decimal("99")  # kept for comparison, not charged
@@ -173,7 +174,7 @@ def test_it_adds_costs_exactly_without_float_drift(world):
     make_price("drift-model", input="0.1", output="0.2")
     costs = []
     for prompt, output in [(1_000_000, 0), (0, 1_000_000), (1_000_000, 1_000_000)]:
-        _, data, row = track(world.ingest, model="drift-model", prompt_tokens=prompt, output_tokens=output)
+        _, _, row = track(world.ingest, model="drift-model", prompt_tokens=prompt, output_tokens=output)
         costs.append(row.cost)
     assert costs == [Decimal("0.1"), Decimal("0.2"), Decimal("0.3")]
     assert sum(costs) == Decimal("0.6")

@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from teams.models import Organization
@@ -14,5 +15,8 @@ class Command(BaseCommand):
     def handle(self, *args, slug, name, **options):
         if Organization.objects.filter(slug=slug).exists():
             raise CommandError(f"Organization {slug!r} already exists.")
-        organization = organization_create(slug=slug, name=name)
+        try:
+            organization = organization_create(slug=slug, name=name)
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from None
         self.stdout.write(f"Created organization {organization.slug} ({organization.name})")

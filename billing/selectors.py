@@ -1,0 +1,147 @@
+"""Reads for billing: budget periods, spend and the allowed / not-allowed answer for gateways."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Q
+
+from metrics.selectors import EventFilter, usage_cost
+from teams.access import AccessScope
+from teams.models import Organization, Team
+
+from .models import Budget
+
+
+def budget_period(budget: Budget, now: datetime) -> tuple[datetime, datetime]:
+    """The calendar period containing `now`, in the organization's time zone, as UTC instants."""
+    zone = ZoneInfo(budget.organization.time_zone)
+    today = now.astimezone(zone).date()
+    if budget.period == Budget.Period.DAILY:
+        first, following = today, today + timedelta(days=1)
+    elif budget.period == Budget.Period.WEEKLY:
+        first = today - timedelta(days=today.weekday())
+        following = first + timedelta(days=7)
+    else:
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    # Combining with the zone (not adding hours) keeps midnight right across DST changes.
+    start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
+    end = datetime.combine(following, time.min, tzinfo=zone).astimezone(UTC)
+    return start, end
+
+
+def budget_spend(budget: Budget, start: datetime, end: datetime, now: datetime) -> Decimal:
+    """Spend of the budget's scope from `start` until `now` (rollups plus the open tail)."""
+    scope = AccessScope(
+        organization=budget.organization,
+        team_ids=None if budget.team_id is None else frozenset([budget.team_id]),
+    )
+    filters = EventFilter(start=start, end=min(end, now), user_id=budget.user_id or None)
+    return usage_cost(scope=scope, filters=filters)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    budget: Budget
+    period_start: datetime
+    period_end: datetime
+    spend: Decimal
+    now: datetime
+
+    @property
+    def limit(self) -> Decimal:
+        return self.budget.amount_usd
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(self.limit - self.spend, Decimal(0))
+
+    @property
+    def fraction_used(self) -> Decimal:
+        return self.spend / self.limit
+
+    @property
+    def reached(self) -> bool:
+        return self.spend >= self.limit  # reaching the limit exactly counts
+
+    @property
+    def allowed(self) -> bool:
+        return not (self.budget.is_hard and self.reached)
+
+    @property
+    def projected_spend(self) -> Decimal:
+        """Spend at period end if the rate so far continues."""
+        elapsed = (self.now - self.period_start).total_seconds()
+        length = (self.period_end - self.period_start).total_seconds()
+        if elapsed <= 0:
+            return self.spend
+        return (self.spend * Decimal(length) / Decimal(elapsed)).quantize(Decimal("0.000001"))
+
+    @property
+    def scope(self) -> str:
+        if self.budget.team_id is None:
+            return "organization"
+        return "user" if self.budget.user_id else "team"
+
+    def as_dict(self) -> dict:
+        return {
+            "budget_id": self.budget.pk,
+            "name": self.budget.name,
+            "scope": self.scope,
+            "team_alias": self.budget.team.alias if self.budget.team_id else None,
+            "user_id": self.budget.user_id or None,
+            "period": self.budget.period,
+            "period_start": self.period_start,
+            "period_end": self.period_end,
+            "spend": self.spend,
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "percent_used": round(float(self.fraction_used) * 100, 2),
+            "projected_spend": self.projected_spend,
+            "hard": self.budget.is_hard,
+            "allowed": self.allowed,
+        }
+
+
+def budget_status(budget: Budget, now: datetime | None = None, *, fresh: bool = False) -> BudgetStatus:
+    """A budget's standing now. Spend is cached briefly per budget and period (keys carry the
+    budget's id, so one organization's figures never answer for another's); `fresh` skips the cache.
+    """
+    now = now or datetime.now(UTC)
+    start, end = budget_period(budget, now)
+    key = f"budget-spend:{budget.pk}:{start.isoformat()}"
+    spend = None if fresh else cache.get(key)
+    if spend is None:
+        spend = budget_spend(budget, start, end, now)
+        cache.set(key, spend, settings.BUDGET_SPEND_CACHE_SECONDS)
+    return BudgetStatus(budget=budget, period_start=start, period_end=end, spend=spend, now=now)
+
+
+def applicable_budgets(*, organization: Organization, team: Team | None, user_id: str | None) -> list[Budget]:
+    """The organization's budgets, the team's, and the user's within the team."""
+    applies = Q(team__isnull=True)
+    if team is not None:
+        applies |= Q(team=team, user_id="")
+        if user_id:
+            applies |= Q(team=team, user_id=user_id)
+    budgets = Budget.objects.filter(applies, organization=organization, is_active=True)
+    return list(budgets.select_related("organization", "team").order_by("id"))
+
+
+def budget_check(*, organization: Organization, team: Team | None, user_id: str | None) -> dict:
+    statuses = [
+        budget_status(budget)
+        for budget in applicable_budgets(organization=organization, team=team, user_id=user_id)
+    ]
+    return {
+        "allowed": all(status.allowed for status in statuses),
+        "team_alias": team.alias if team else None,
+        "user_id": user_id,
+        "budgets": [status.as_dict() for status in statuses],
+    }

@@ -1,0 +1,17 @@
+"""Money for people: $1,234.57 (sub-cent amounts keep enough digits to not read as zero)."""
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def usd(value) -> str:
+    if value is None or value == "":
+        return "—"
+    amount = Decimal(value)
+    if amount != 0 and abs(amount) < Decimal("0.01"):
+        return f"${amount.quantize(Decimal('0.000001'), ROUND_HALF_EVEN).normalize():f}"
+    return f"${amount.quantize(Decimal('0.01'), ROUND_HALF_EVEN):,}"
