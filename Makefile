@@ -7,7 +7,7 @@ PORT ?= 8000
 # Local runs are development runs unless told otherwise; the secret lives in var/ (not in git).
 RUN_ENV := DEBUG=$${DEBUG:-true} SECRET_KEY=$${SECRET_KEY:-$$(cat var/secret_key)}
 
-.PHONY: install run serve test lint bench-ingest clean
+.PHONY: install run test lint bench-ingest bench-dashboard clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: install var/secret_key
 	$(RUN_ENV) $(BIN)/python manage.py collectstatic --no-input -v0
 	$(RUN_ENV) $(BIN)/python manage.py sync_prices
 	$(RUN_ENV) $(BIN)/python manage.py bootstrap_demo --base-url http://$(HOST):$(PORT)
+	@# The Celery worker (with beat) runs beside the web server and stops with it.
+	$(RUN_ENV) $(BIN)/celery -A llmcost_project worker --beat --concurrency 2 --loglevel INFO \
+	    --schedule var/celerybeat-schedule > var/celery.log 2>&1 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+	echo "  Celery worker + beat: pid $$worker, log var/celery.log"; \
 	$(RUN_ENV) $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 test: install

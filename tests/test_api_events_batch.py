@@ -211,6 +211,4 @@ def test_it_uses_a_bounded_number_of_queries_whatever_the_batch_size(world, djan
     # 1000 events may cost an extra INSERT chunk over 10 events, not one query per event.
     assert len(large_queries.captured_queries) <= len(small_queries.captured_queries) + 2
     assert len(repeat_queries.captured_queries) <= len(small_queries.captured_queries) + 3
-    print("COUNTS", len(small_queries.captured_queries), len(large_queries.captured_queries), len(repeat_queries.captured_queries))
-    for q in small_queries.captured_queries: print(q["sql"][:150])
     assert UsageEvent.objects.count() == 1010

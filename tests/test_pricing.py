@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from billing.models import EPOCH, ModelPrice
 from billing.pricing import Price, PriceBook, event_cost, forget_price_book, price_book
@@ -104,16 +106,22 @@ def test_it_charges_cached_tokens_the_input_price_when_no_cache_read_price_is_kn
     assert row.is_priced
 
 
+def iso(moment) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def test_it_uses_the_price_in_force_when_the_call_was_made(world):
+    # A price change ten days ago (events must fall inside the service's raw-event window).
+    change = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=10)
     make_price("dated-model", input="10", output="20", start=EPOCH)
-    change = utc(2025, 6, 1)
     make_price("dated-model", input="1", output="2", start=change)
 
-    _, before, old = track(world.ingest, model="dated-model", timestamp="2025-05-31T23:59:59Z",
+    _, before, old = track(world.ingest, model="dated-model", timestamp=iso(change - timedelta(seconds=1)),
                            prompt_tokens=1000, output_tokens=1000)
-    _, at, exact = track(world.ingest, model="dated-model", timestamp="2025-06-01T00:00:00Z",
+    _, at, exact = track(world.ingest, model="dated-model", timestamp=iso(change),
                          prompt_tokens=1000, output_tokens=1000)
-    _, after, new = track(world.ingest, model="dated-model", timestamp="2025-07-15T08:00:00+02:00",
+    later = (change + timedelta(days=3, hours=8)).astimezone(timezone.get_fixed_timezone(120))
+    _, after, new = track(world.ingest, model="dated-model", timestamp=later.isoformat(),
                           prompt_tokens=1000, output_tokens=1000)
 
     assert old.cost == Decimal("0.03")  # 1000 × 10 + 1000 × 20
@@ -126,8 +134,9 @@ def test_it_uses_the_price_in_force_when_the_call_was_made(world):
 
 def test_it_does_not_apply_a_future_price_to_an_earlier_call(world):
     # The only known price starts after the call: there was no price then, so the event is unpriced.
-    make_price("launched-later", input="5", output="5", start=utc(2025, 6, 1))
-    _, data, row = track(world.ingest, model="launched-later", timestamp="2025-01-01T00:00:00Z")
+    launch = timezone.now() - timedelta(days=5)
+    make_price("launched-later", input="5", output="5", start=launch)
+    _, data, row = track(world.ingest, model="launched-later", timestamp=iso(launch - timedelta(days=2)))
     assert row.is_priced is False and data["priced"] is False
     assert row.cost == Decimal("0")
 

@@ -113,7 +113,9 @@ def test_it_marks_a_row_saved_through_model_price_admin_as_admin_edited(world):
     price_book()  # cached
     row.input_per_mtok = Decimal("3")
     request = RequestFactory().post("/admin/")
-    ModelPriceAdmin(ModelPrice, admin_site).save_model(request, row, form=None, change=True)
+    model_admin = ModelPriceAdmin(ModelPrice, admin_site)
+    form = model_admin.get_form(request, row, change=True)(instance=row)
+    model_admin.save_model(request, row, form=form, change=True)
     row.refresh_from_db()
     assert row.admin_edited is True
     assert price_book().price_at(("testprov", "test-model"), EPOCH).input_per_mtok == Decimal("3")
