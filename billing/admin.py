@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import ModelPrice
+from .models import Budget, BudgetAlert, ModelPrice
 from .services import reprice_after_change
 
 
@@ -35,3 +35,21 @@ class ModelPriceAdmin(admin.ModelAdmin):
         super().delete_queryset(request, queryset)
         for provider, model, effective_from in deleted:
             reprice_after_change(provider=provider, model=model, effective_from=effective_from)
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "organization", "team", "user_id", "amount_usd", "period", "is_hard", "is_active")
+    list_filter = ("period", "is_hard", "is_active", "organization")
+    search_fields = ("name", "organization__slug", "team__alias", "user_id")
+    raw_id_fields = ("team",)
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = ("budget", "threshold", "period_start", "spend_usd", "limit_usd", "sent_at", "attempts")
+    list_filter = ("threshold", "sent_at")
+    readonly_fields = [field.name for field in BudgetAlert._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # alerts are created by evaluation only, once per threshold and period

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -95,6 +96,14 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope_label}: ${self.amount_usd} {self.period}"
+
+    def clean(self) -> None:
+        if self.team_id is not None and self.team.organization_id != self.organization_id:
+            raise ValidationError({"team": "This team belongs to another organization."})
+        if self.user_id and self.team_id is None:
+            raise ValidationError({"user_id": "A user budget needs a team."})
+        if any(not isinstance(t, int) or not 0 < t <= 1000 for t in self.thresholds or [None]):
+            raise ValidationError({"thresholds": "Give percentages between 1 and 1000, e.g. [50, 80, 100]."})
 
     @property
     def scope_label(self) -> str:
