@@ -5,12 +5,13 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from llmcost_project.api_errors import QueryParams
 from teams.authentication import CanIngestOrRead
 
 from .selectors import budget_check
 
 
-class BudgetCheckQuery(serializers.Serializer):
+class BudgetCheckQuery(QueryParams):
     team_alias = serializers.CharField(required=False, max_length=100)
     user_id = serializers.CharField(required=False, max_length=255)
 

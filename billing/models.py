@@ -4,6 +4,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from .money import MoneyField
+
 
 def default_thresholds() -> list[int]:
     return [50, 80, 100]
@@ -120,7 +122,7 @@ class BudgetAlert(models.Model):
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     period_start = models.DateTimeField()
     threshold = models.PositiveSmallIntegerField()
-    spend_usd = models.DecimalField(max_digits=24, decimal_places=12)
+    spend_usd = MoneyField()
     limit_usd = models.DecimalField(max_digits=18, decimal_places=6)
     created_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)

@@ -20,9 +20,10 @@ from functools import lru_cache
 from django.conf import settings
 
 from .models import ModelPrice
+from .money import QUANTUM
 
 MILLION = Decimal(1_000_000)
-COST_QUANTUM = Decimal("1e-12")  # costs are stored with 12 decimal places
+COST_QUANTUM = QUANTUM  # the precision money columns store (billing.money)
 
 # Prefixes gateways put before a model name, mapped to the catalog's provider ids.
 PROVIDER_ALIASES = {

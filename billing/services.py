@@ -22,7 +22,7 @@ from teams.models import Membership, Role
 
 from .models import EPOCH, Budget, BudgetAlert, ModelPrice, default_thresholds
 from .pricing import forget_price_book
-from .selectors import budget_status
+from .selectors import BudgetStatus, budget_period, budget_spend, budget_status
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +194,14 @@ def budget_create(
         raise ValueError("The team belongs to another organization.")
     if user_id and team is None:
         raise ValueError("A user budget needs a team.")
-    if amount_usd <= 0:
-        raise ValueError("The amount must be positive.")
-    thresholds = sorted(set(thresholds or default_thresholds()))
+    amount_usd = Decimal(amount_usd)
+    if not amount_usd.is_finite() or not 0 < amount_usd < Decimal("1e12"):
+        raise ValueError("The amount must be a positive number of dollars below 1e12.")
+    if amount_usd != amount_usd.quantize(Decimal("0.000001")):
+        raise ValueError("The amount may have at most 6 decimal places.")
+    thresholds = sorted(set(default_thresholds() if thresholds is None else thresholds))
     if not thresholds or any(not 0 < t <= 1000 for t in thresholds):
-        raise ValueError("Thresholds are percentages between 1 and 1000.")
+        raise ValueError("Thresholds are percentages between 1 and 1000, e.g. 50,80,100.")
     return Budget.objects.create(
         organization=organization, team=team, user_id=user_id, amount_usd=amount_usd, period=period,
         thresholds=thresholds, is_hard=is_hard, extra_emails=list(extra_emails or []), name=name,
@@ -208,7 +211,7 @@ def budget_create(
 def budget_alert_recipients(budget: Budget) -> list[str]:
     """The organization's owners and admins who can see the budget's team, plus its extra addresses."""
     memberships = Membership.objects.filter(
-        organization_id=budget.organization_id, role__in=[Role.OWNER, Role.ADMIN]
+        organization_id=budget.organization_id, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True
     ).select_related("user")
     if budget.team_id is not None:
         memberships = memberships.filter(Q(teams__isnull=True) | Q(teams=budget.team_id)).distinct()
@@ -271,12 +274,16 @@ def budget_alerts_send(*, now: datetime | None = None) -> int:
 
 
 def _alert_message(alert: BudgetAlert, recipients: list[str], now: datetime) -> EmailMultiAlternatives:
+    """The alert email, with the figures of the alert's own period (a retry may come after it ended)."""
     budget = alert.budget
-    status = budget_status(budget, now, fresh=True)
+    start, end = budget_period(budget, alert.period_start)
+    spend = budget_spend(budget, start, end, now)
+    status = BudgetStatus(budget=budget, period_start=start, period_end=end, spend=spend, now=min(now, end))
     scope = AccessScope(
         organization=budget.organization, team_ids=None if budget.team_id is None else frozenset([budget.team_id])
     )
-    period = EventFilter(start=status.period_start, end=min(status.period_end, now), user_id=budget.user_id or None)
+    period = EventFilter(start=start, end=min(end, now), user_id=budget.user_id or None)
+    zone = ZoneInfo(budget.organization.time_zone)
     team_query = f"?team={budget.team.alias}" if budget.team_id else ""
     context = {
         "alert": alert,
@@ -285,8 +292,8 @@ def _alert_message(alert: BudgetAlert, recipients: list[str], now: datetime) -> 
         "organization": budget.organization,
         "team": budget.team,
         "percent_used": round(status.fraction_used * 100, 1),
-        "period_start_local": status.period_start.astimezone(ZoneInfo(budget.organization.time_zone)),
-        "period_end_local": status.period_end.astimezone(ZoneInfo(budget.organization.time_zone)),
+        # Formatted here: the template's date filter would convert to the server's zone.
+        "period_label": f"{start.astimezone(zone):%Y-%m-%d %H:%M} to {end.astimezone(zone):%Y-%m-%d %H:%M}",
         "top_models": top_usage(scope=scope, filters=period, dimension="model"),
         "top_users": top_usage(scope=scope, filters=period, dimension="user_id"),
         "dashboard_url": f"{settings.SITE_URL}/o/{budget.organization.slug}/{team_query}",

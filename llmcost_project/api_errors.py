@@ -1,6 +1,7 @@
 """One JSON shape for every API error: {"status": "error", "message": ..., "errors": {field: [...]}}."""
 
 from django.http import JsonResponse
+from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.views import exception_handler
 
@@ -51,3 +52,17 @@ def json_or_html_400(request, exception=None):
     if _wants_json(request):
         return JsonResponse(error_body("Bad request."), status=400)
     return bad_request(request, exception)
+
+
+class QueryParams(serializers.Serializer):
+    """Base for query-string serializers: a parameter sent empty is an error, not an omission.
+
+    DRF treats `?team_alias=` as if the parameter were absent; for a filter that would silently
+    widen the answer (every team instead of none), so it is refused, naming the parameter.
+    """
+
+    def validate(self, attrs):
+        blank = [key for key in self.fields if key in self.initial_data and not self.initial_data[key].strip()]
+        if blank:
+            raise serializers.ValidationError({key: ["may not be blank"] for key in blank})
+        return super().validate(attrs)

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.selectors import budget_check
+from llmcost_project.api_errors import QueryParams
 from teams.authentication import CanIngest, CanRead
 
 from .schemas import BatchRunIn, CacheStatIn, EventIn, MalformedBody, field_errors, parse_json_body
@@ -174,7 +175,7 @@ class BatchRunView(APIView):
 MAX_RANGE_HOURS = 24 * 366
 
 
-class RangeQuery(serializers.Serializer):
+class RangeQuery(QueryParams):
     time_range_hours = serializers.IntegerField(min_value=1, max_value=MAX_RANGE_HOURS, default=24)
     start = serializers.DateTimeField(required=False)
     end = serializers.DateTimeField(required=False)
@@ -182,6 +183,7 @@ class RangeQuery(serializers.Serializer):
     model_filter = serializers.CharField(required=False, max_length=200)
 
     def validate(self, attrs):
+        attrs = super().validate(attrs)
         end = attrs.get("end") or datetime.now(UTC)
         start = attrs.get("start") or end - timedelta(hours=attrs["time_range_hours"])
         if start >= end:

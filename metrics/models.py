@@ -1,9 +1,8 @@
 from django.db import models
 from django.utils import timezone
 
+from billing.money import MoneyField
 from teams.models import Organization, Team
-
-MONEY = {"max_digits": 24, "decimal_places": 12}
 
 
 class UsageEvent(models.Model):
@@ -28,10 +27,10 @@ class UsageEvent(models.Model):
     total_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0, help_text="Prompt tokens read from the provider's cache.")
 
-    prompt_cost = models.DecimalField(default=0, **MONEY)
-    output_cost = models.DecimalField(default=0, **MONEY)
-    cost = models.DecimalField(default=0, **MONEY)
-    client_cost = models.DecimalField(null=True, blank=True, **MONEY)
+    prompt_cost = MoneyField(default=0)
+    output_cost = MoneyField(default=0)
+    cost = MoneyField(default=0)
+    client_cost = MoneyField(null=True, blank=True)
     is_priced = models.BooleanField(default=True, help_text="False: no price matched; cost is the client's, if any.")
     price = models.ForeignKey("billing.ModelPrice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -90,7 +89,7 @@ class BatchRun(models.Model):
     timestamp = models.DateTimeField(default=timezone.now)
     batch_size = models.IntegerField()
     total_tokens = models.BigIntegerField(default=0)
-    batch_cost = models.DecimalField(default=0, **MONEY)
+    batch_cost = MoneyField(default=0)
     batch_latency_ms = models.FloatField(default=0)
     status = models.CharField(max_length=16, default="success")
 
@@ -154,7 +153,7 @@ class Rollup(models.Model):
     output_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
-    cost = models.DecimalField(default=0, **MONEY)
+    cost = MoneyField(default=0)
     errors = models.BigIntegerField(default=0)
     cache_hits = models.BigIntegerField(default=0)
     unpriced = models.BigIntegerField(default=0)

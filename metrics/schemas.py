@@ -46,20 +46,31 @@ def parse_json_body(body: bytes) -> Any:
         return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
     except MalformedBody:
         raise
+    except RecursionError:
+        raise MalformedBody("The request body nests JSON too deeply.") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"The request body is not valid JSON: {exc}") from None
+
+
+MAX_MAGNITUDE = 10**15  # larger than any field's limit; checked before any arithmetic on the value
 
 
 def _number(value: Any) -> Any:
     # JSON numbers only: "12" (a string) and true (a bool) are type errors, not numbers.
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise ValueError("must be a number")
+    # 1e999999999 parses to a Decimal cheaply; turning it into an int or float would not.
+    if isinstance(value, Decimal) and (not value.is_finite() or value.adjusted() > 15):
+        raise ValueError("is out of range")
+    if isinstance(value, int) and abs(value) > MAX_MAGNITUDE:
+        raise ValueError("is out of range")
     return value
 
 
 def _integer(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise ValueError("must be an integer")
+    value = _number(value)
     if isinstance(value, (Decimal, float)):
         if value != int(value):
             raise ValueError("must be a whole number")

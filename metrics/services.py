@@ -14,7 +14,8 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.db.models import Q
 
-from billing.pricing import event_cost, normalise_model_name, price_book
+from billing.money import MoneyField
+from billing.pricing import event_cost, forget_price_book, normalise_model_name, price_book
 from teams.access import TeamResolver, UnknownTeam
 from teams.models import ApiToken, Team
 
@@ -110,7 +111,7 @@ class _EventInsert:
         self.adapters = [
             (f.attname, f.get_db_prep_save)
             for f in fields
-            if f.get_internal_type() in ("DecimalField", "DateTimeField", "JSONField")
+            if isinstance(f, MoneyField) or f.get_internal_type() in ("DateTimeField", "JSONField")
         ]
         quote = connection.ops.quote_name
         # Table and column names come from the model, never from input.
@@ -246,8 +247,6 @@ def usage_events_reprice(
     unpriced (a new price may now match them). Events whose cost does not change are left alone,
     so old totals change only where the new price really applies. Returns the events updated.
     """
-    from billing.pricing import forget_price_book
-
     forget_price_book()
     book = price_book()
     candidates = UsageEvent.objects.filter(

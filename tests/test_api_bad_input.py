@@ -17,6 +17,12 @@ TRACK = "/api/v1/metrics/track"
 INGEST_URLS = ["/api/v1/metrics/track", "/api/v1/events", "/api/v1/metrics/cache", "/api/v1/metrics/batch"]
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """The world's four users are created with passwords: hash them cheaply in these tests."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def counts() -> tuple[int, int, int, int]:
     return UsageEvent.objects.count(), CacheStat.objects.count(), BatchRun.objects.count(), Team.objects.count()
 

@@ -12,6 +12,12 @@ from tests.conftest import api, event
 URL = "/api/v1/events"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """The world's four users are created with passwords: hash them cheaply in these tests."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def send(token, body):
     return api(token).post(URL, body, format="json")
 
@@ -80,6 +86,20 @@ def test_it_rejects_events_naming_an_unknown_team_when_auto_create_is_off(world)
     assert body["rejected"] == [{"index": 0, "errors": {"team_alias": [body["rejected"][0]["errors"]["team_alias"][0]]}}]
     assert "nope" in body["rejected"][0]["errors"]["team_alias"][0]
     assert list(UsageEvent.objects.values_list("request_id", flat=True)) == ["y"]
+
+
+def test_it_keeps_the_valid_events_when_one_has_a_nul_character(world):
+    """PostgreSQL text cannot hold U+0000: that one item is rejected (or cleaned), the rest are kept."""
+    client = api(world.ingest)
+    client.raise_request_exception = False
+
+    response = client.post(URL, [event(request_id="ok"), event(request_id="nul", user_id="a\u0000b")], format="json")
+
+    assert response.status_code == 200, response.content[:500]
+    body = response.json()
+    assert [r["request_id"] for r in body["results"]][:1] == ["ok"]
+    assert all("user_id" in r["errors"] for r in body["rejected"])
+    assert UsageEvent.objects.filter(request_id="ok").exists()
 
 
 def test_it_answers_400_and_stores_nothing_when_no_event_is_valid(world):

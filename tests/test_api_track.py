@@ -29,6 +29,12 @@ SEED_REQUEST = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """The world's four users are created with passwords: hash them cheaply in these tests."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def track(token, body):
     return api(token).post(URL, body, format="json")
 

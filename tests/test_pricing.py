@@ -193,14 +193,14 @@ def test_it_adds_costs_exactly_without_float_drift(world):
     assert dashboard["model_usage"]["drift-model"]["cost"] == Decimal("0.6")
 
 
-def test_it_stores_twelve_decimal_places_of_cost_exactly(world):
+def test_it_stores_ten_decimal_places_of_cost_exactly(world):
     make_price("fine-model", input="1.2345678901", output="0.0000000003")
     _, _, row = track(world.ingest, model="fine-model", prompt_tokens=999_999, output_tokens=7)
-    # 999999 × 1.2345678901 / 1e6 = 1.2345666555321099 → 1.234566655532 (12 places, half-even)
-    assert row.prompt_cost == Decimal("1.234566655532")
-    # 7 × 0.0000000003 / 1e6 = 2.1e-15 → rounds to 0 at 12 places
+    # 999999 × 1.2345678901 / 1e6 = 1.2345666555321099 → 1.2345666555 (10 places, half-even)
+    assert row.prompt_cost == Decimal("1.2345666555")
+    # 7 × 0.0000000003 / 1e6 = 2.1e-15 → rounds to 0 at 10 places
     assert row.output_cost == Decimal("0")
-    assert row.cost == Decimal("1.234566655532")
+    assert row.cost == Decimal("1.2345666555")
 
 
 # --- PriceBook: which price a name refers to ----------------------------------------------------------

@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -86,7 +87,15 @@ def log(message: str) -> None:
 
 
 def admin_connect(args):
-    conn = psycopg2.connect(host=args.pg_host, port=args.pg_port, user=args.pg_user, dbname="postgres")
+    # Bounded: DROP DATABASE waits until every backend of the cluster absorbs a signal barrier,
+    # which a backend stuck in COPY FROM STDIN (someone else's) never does.
+    conn = psycopg2.connect(
+        host=args.pg_host,
+        port=args.pg_port,
+        user=args.pg_user,
+        dbname="postgres",
+        options="-c statement_timeout=90000",
+    )
     conn.autocommit = True
     return conn
 
@@ -96,14 +105,35 @@ def bench_dsn(args) -> str:
 
 
 def bench_connect(args):
-    return psycopg2.connect(host=args.pg_host, port=args.pg_port, user=args.pg_user, dbname=args.db_name)
+    return psycopg2.connect(
+        host=args.pg_host,
+        port=args.pg_port,
+        user=args.pg_user,
+        dbname=args.db_name,
+        options="-c statement_timeout=600000",
+    )
+
+
+def _drop(cur, db_name: str) -> None:
+    try:
+        cur.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    except psycopg2.errors.QueryCanceled:
+        cur.execute(
+            "SELECT pid, datname, wait_event, left(query, 60) FROM pg_stat_activity "
+            "WHERE state = 'active' AND pid <> pg_backend_pid() AND wait_event IN ('ClientRead', 'relation')"
+        )
+        suspects = "; ".join(f"pid {pid} in {db} waiting on {wait}: {query}" for pid, db, wait, query in cur.fetchall())
+        raise BenchFailure(
+            f"DROP DATABASE {db_name} did not finish in 90 s: PostgreSQL waits for every backend to absorb a "
+            f"signal barrier, and some cannot (busy in COPY FROM STDIN or a lock wait): {suspects or 'none found'}"
+        ) from None
 
 
 def recreate_database(args) -> None:
     conn = admin_connect(args)
     try:
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)')
+            _drop(cur, args.db_name)
             cur.execute(f'CREATE DATABASE "{args.db_name}"')
     finally:
         conn.close()
@@ -113,7 +143,7 @@ def drop_database(args) -> None:
     conn = admin_connect(args)
     try:
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)')
+            _drop(cur, args.db_name)
     finally:
         conn.close()
 
@@ -181,6 +211,16 @@ class Server:
             return ""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: gunicorn gets SIGTERM if this script dies without cleaning up."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def start_server(args, workdir: Path) -> Server:
     port = free_port()
     worker_class = args.worker_class or ("gthread" if args.threads > 1 else "sync")
@@ -215,6 +255,7 @@ def start_server(args, workdir: Path) -> Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     server = Server(proc, port, log_path)
     deadline = time.monotonic() + 60
@@ -274,9 +315,9 @@ def _serves_bench(pid: str, db_name: str) -> bool:
     return not is_backend or f" {db_name} " in title
 
 
-def cpu_snapshot(server_pid: int | None, db_name: str) -> dict[str, float]:
-    """Seconds of CPU used so far by: this client, gunicorn (master + workers), PostgreSQL, all."""
-    gunicorn = postgres = 0
+def cpu_snapshot(server_pid: int | None, db_name: str) -> dict:
+    """CPU seconds used so far by this client, each gunicorn and PostgreSQL process, and the machine."""
+    procs: dict[tuple[str, int], float] = {}  # (kind, pid) -> seconds
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -285,23 +326,25 @@ def cpu_snapshot(server_pid: int | None, db_name: str) -> dict[str, float]:
             continue
         comm, ppid, ticks = stat
         if server_pid is not None and (int(entry) == server_pid or ppid == server_pid):
-            gunicorn += ticks
+            procs[("gunicorn", int(entry))] = ticks / CLK_TCK
         elif comm == "postgres" and _serves_bench(entry, db_name):
-            postgres += ticks
+            procs[("postgres", int(entry))] = ticks / CLK_TCK
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:]]
     idle = parts[3] + parts[4]
     times = os.times()
-    return {
-        "client": times.user + times.system,
-        "gunicorn": gunicorn / CLK_TCK,
-        "postgres": postgres / CLK_TCK,
-        "busy": (sum(parts[:8]) - idle) / CLK_TCK,
-    }
+    return {"client": times.user + times.system, "busy": (sum(parts[:8]) - idle) / CLK_TCK, "procs": procs}
 
 
 def cpu_used(before: dict, after: dict, wall: float) -> dict[str, float]:
-    used = {key: (after[key] - before[key]) / wall for key in before}
+    """Cores busy during the interval; a process that ended meanwhile (a closed PostgreSQL backend)
+    is missed, one that started is counted whole."""
+    used = {"client": (after["client"] - before["client"]) / wall, "busy": (after["busy"] - before["busy"]) / wall}
+    for kind in ("gunicorn", "postgres"):
+        used[kind] = (
+            sum(seconds - before["procs"].get(key, 0.0) for key, seconds in after["procs"].items() if key[0] == kind)
+            / wall
+        )
     used["other"] = max(0.0, used["busy"] - used["client"] - used["gunicorn"] - used["postgres"])
     return used
 
@@ -314,16 +357,26 @@ def cpu_report(used: dict[str, float]) -> str:
     )
 
 
-def wait_for_quiet(args) -> float:
-    """Wait (at most --quiet-wait seconds) until other processes use < 0.25 cores; returns their use."""
-    deadline = time.monotonic() + args.quiet_wait
+def wait_for_quiet(args, server_pid: int | None = None) -> float:
+    """Wait (at most --quiet-wait seconds) until other processes use < 0.25 cores; returns their use.
+
+    The machine may be shared (other test runs); a benchmark next to them measures them too.
+    """
+    started = time.monotonic()
+    logged = -1
     while True:
-        before = cpu_snapshot(None, args.db_name)
+        before = cpu_snapshot(server_pid, args.db_name)
         time.sleep(1.0)
-        other = cpu_used(before, cpu_snapshot(None, args.db_name), 1.0)["other"]
-        if other < 0.25 or time.monotonic() >= deadline:
+        other = cpu_used(before, cpu_snapshot(server_pid, args.db_name), 1.0)["other"]
+        waited = time.monotonic() - started
+        if other < 0.25:
             return other
-        log(f"  the machine is busy ({other:.2f} cores used by other processes); waiting")
+        if waited >= args.quiet_wait:
+            log(f"  still busy after {waited:.0f} s ({other:.2f} cores used by other processes); going on")
+            return other
+        if waited // 15 != logged:
+            logged = waited // 15
+            log(f"  the machine is busy ({other:.2f} cores used by other processes); waiting")
 
 
 # --- the load generator ----------------------------------------------------------------------
@@ -655,7 +708,7 @@ def track_phase(
     ]
     if rate:  # never more than the time bound allows
         requests = requests[: max(1, int(rate * args.track_seconds))]
-    wait_for_quiet(args)
+    wait_for_quiet(args, server.proc.pid)
     mode = "closed loop"
     if rate:
         mode = f"paced at {rate:,.0f} req/s (latency counted from each request's scheduled time)"
@@ -782,7 +835,7 @@ def main(argv=None) -> int:
         expected = [args.batch_size] * len(batch_requests)
         del bodies
         checkpoint(args)
-        wait_for_quiet(args)
+        wait_for_quiet(args, server.proc.pid)
         log(f"batch ingest: {args.events:,} events, {args.clients} clients × {args.batch_size:,}-event batches")
         batch = run_phase(
             lambda: _run_batches(
@@ -813,7 +866,7 @@ def main(argv=None) -> int:
             failures.append(f"{unpriced:,} events were not priced (model names not in the catalog?)")
 
         # --- raw COPY of the same rows
-        wait_for_quiet(args)
+        wait_for_quiet(args, server.proc.pid)
         copy_seconds, megabytes = copy_benchmark(args, stored)
         copy_rate = stored / copy_seconds
         ratio = 100 * rate / copy_rate
@@ -870,13 +923,16 @@ def main(argv=None) -> int:
         targets = []
     finally:
         signal.alarm(0)
+        # Cleanup runs to its end (each step is bounded); a second signal must not cut it short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_server(server)
         if server is not None and server.proc.returncode not in (0, None) and failures:
             print(server.log_tail(), file=sys.stderr)
         if not args.keep_db:
             try:
                 drop_database(args)
-            except psycopg2.Error as exc:
+            except (psycopg2.Error, BenchFailure) as exc:
                 print(f"could not drop {args.db_name}: {exc}", file=sys.stderr)
         for path in workdir.iterdir():
             path.unlink()

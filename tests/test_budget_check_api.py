@@ -1,0 +1,348 @@
+"""GET /api/v1/budget/check (what a gateway asks before each LLM call) and the budget part of ingest answers.
+
+Budgets here are monthly in UTC and events are made now, so every event is in the current period.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.core.cache import cache
+
+from billing.models import Budget
+from billing.selectors import budget_period
+from billing.services import budget_create
+from metrics.models import UsageEvent
+from teams.services import token_create, token_revoke
+from tests.conftest import api, event
+
+URL = "/api/v1/budget/check"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_spend(settings):
+    settings.BUDGET_SPEND_CACHE_SECONDS = 0
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def money(value) -> Decimal:
+    return Decimal(str(value))
+
+
+def costing(usd: str, **overrides) -> dict:
+    """An event of test-model ($2 per million prompt tokens) costing exactly `usd`, made now."""
+    tokens = Decimal(usd) * 500_000
+    assert tokens == int(tokens)
+    return event(prompt_tokens=int(tokens), output_tokens=0, **overrides)
+
+
+def ingest(token: str, *bodies: dict) -> None:
+    response = api(token).post("/api/v1/events", {"events": list(bodies)}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["accepted"] == len(bodies), response.content
+
+
+def check(token: str | None, **params):
+    return api(token).get(URL, params)
+
+
+def ok(token: str | None, **params) -> dict:
+    response = check(token, **params)
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def new_budget(organization, amount: str, *, team=None, user_id="", hard=False, name="") -> Budget:
+    return budget_create(
+        organization=organization, team=team, user_id=user_id, amount_usd=Decimal(amount), period="monthly",
+        is_hard=hard, name=name,
+    )
+
+
+def by_name(body: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in body["budgets"]}
+
+
+# --- who may ask --------------------------------------------------------------------------------------
+
+
+def test_it_refuses_a_request_without_a_valid_token(world):
+    assert check(None, team_alias="chatbot").status_code == 401
+    assert check("lc_00000000_not-a-real-token-at-all", team_alias="chatbot").status_code == 401
+    response = api().get(URL, {"team_alias": "chatbot"}, HTTP_AUTHORIZATION=f"Token {world.ingest}")
+    assert response.status_code == 401
+
+
+def test_it_refuses_a_revoked_token(world):
+    token_revoke(token=world.tokens["both"])
+    response = check(world.both, team_alias="chatbot")
+    assert response.status_code == 401
+    assert response.json()["status"] == "error"
+
+
+def test_it_refuses_a_token_with_no_scope(world):
+    _, raw = token_create(organization=world.acme, can_ingest=False, can_read=False)
+    assert check(raw, team_alias="chatbot").status_code == 403
+
+
+def test_it_answers_the_ingest_token_and_the_read_token_alike(world):
+    new_budget(world.acme, "10", team=world.chatbot, hard=True, name="chatbot")
+    ingest(world.ingest, costing("3"))
+    answers = [ok(token, team_alias="chatbot") for token in (world.ingest, world.read, world.both)]
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0]["allowed"] is True
+    assert money(answers[0]["budgets"][0]["spend"]) == Decimal(3)
+
+
+# --- allowed -----------------------------------------------------------------------------------------
+
+
+def test_it_allows_below_a_hard_limit_and_refuses_once_it_is_reached_exactly(world):
+    new_budget(world.acme, "10", team=world.chatbot, hard=True, name="chatbot")
+    assert ok(world.ingest, team_alias="chatbot")["allowed"] is True  # nothing spent yet
+
+    ingest(world.ingest, costing("9.999998"))
+    body = ok(world.ingest, team_alias="chatbot")
+    assert body["allowed"] is True
+    assert money(body["budgets"][0]["remaining"]) == Decimal("0.000002")
+
+    ingest(world.ingest, costing("0.000002"))
+    body = ok(world.ingest, team_alias="chatbot")
+    assert body["allowed"] is False
+    [budget] = body["budgets"]
+    assert (budget["allowed"], budget["hard"]) == (False, True)
+    assert money(budget["spend"]) == money(budget["limit"]) == Decimal(10)
+    assert money(budget["remaining"]) == 0
+
+    ingest(world.ingest, costing("5"))
+    body = ok(world.ingest, team_alias="chatbot")
+    assert body["allowed"] is False
+    assert money(body["budgets"][0]["remaining"]) == 0  # never negative
+    assert body["budgets"][0]["percent_used"] == 150.0
+
+
+def test_it_keeps_allowing_when_only_a_soft_budget_is_reached(world):
+    new_budget(world.acme, "10", team=world.chatbot, hard=False, name="soft")
+    ingest(world.ingest, costing("15"))
+    body = ok(world.read, team_alias="chatbot")
+    assert body["allowed"] is True
+    [budget] = body["budgets"]
+    assert budget["hard"] is False and budget["allowed"] is True
+    assert money(budget["spend"]) == Decimal(15)
+
+
+def test_it_refuses_when_any_applicable_hard_budget_is_reached(world):
+    new_budget(world.acme, "100", team=world.chatbot, hard=True, name="team")
+    new_budget(world.acme, "10", team=world.chatbot, user_id="alice@acme.test", hard=True, name="alice")
+    ingest(world.ingest, costing("10"))
+    assert ok(world.ingest, team_alias="chatbot", user_id="alice@acme.test")["allowed"] is False
+    assert ok(world.ingest, team_alias="chatbot", user_id="bob@acme.test")["allowed"] is True
+    assert ok(world.ingest, team_alias="chatbot")["allowed"] is True
+
+
+def test_it_applies_the_organization_budget_to_a_team_that_has_no_events_yet(world):
+    new_budget(world.acme, "10", hard=True, name="org")
+    ingest(world.ingest, costing("10", team_alias="search"))
+    for alias in ("chatbot", "brand-new-team"):
+        body = ok(world.ingest, team_alias=alias)
+        assert body["allowed"] is False
+        assert [b["name"] for b in body["budgets"]] == ["org"]
+    assert ok(world.ingest)["allowed"] is False
+
+
+def test_it_ignores_inactive_budgets(world):
+    budget = new_budget(world.acme, "10", team=world.chatbot, hard=True, name="off")
+    Budget.objects.filter(pk=budget.pk).update(is_active=False)
+    ingest(world.ingest, costing("20"))
+    body = ok(world.ingest, team_alias="chatbot")
+    assert body["allowed"] is True and body["budgets"] == []
+
+
+# --- what is reported ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def budgets(world):
+    """Budgets at every level in both organizations, and spend that touches each of them."""
+    created = {
+        "acme": new_budget(world.acme, "100", name="acme"),
+        "chatbot": new_budget(world.acme, "50", team=world.chatbot, name="chatbot"),
+        "alice": new_budget(world.acme, "20", team=world.chatbot, user_id="alice@acme.test", name="alice"),
+        "bob": new_budget(world.acme, "20", team=world.chatbot, user_id="bob@acme.test", hard=True, name="bob"),
+        "search": new_budget(world.acme, "5", team=world.search, hard=True, name="search"),
+        "globex": new_budget(world.globex, "1", hard=True, name="globex"),
+        "globex-chatbot": new_budget(world.globex, "1", team=world.globex_chatbot, hard=True, name="globex-chatbot"),
+    }
+    ingest(
+        world.ingest,
+        costing("4"),  # alice in chatbot
+        costing("25", user_id="bob@acme.test"),  # bob in chatbot: over his hard budget
+        costing("8", team_alias="search"),  # search: over its hard budget
+    )
+    ingest(world.globex_token, costing("2"))  # globex's chatbot: over both globex budgets
+    return created
+
+
+def test_it_reports_spend_limit_remaining_and_period_end_of_each_applicable_budget(world, budgets):
+    body = ok(world.read, team_alias="chatbot", user_id="alice@acme.test")
+
+    assert body["allowed"] is True
+    assert (body["team_alias"], body["user_id"]) == ("chatbot", "alice@acme.test")
+    reported = by_name(body)
+    assert list(reported) == ["acme", "chatbot", "alice"]
+    assert [reported[name]["scope"] for name in reported] == ["organization", "team", "user"]
+    _, period_end = budget_period(budgets["acme"], datetime.now(UTC))
+    for name, spend, limit in (("acme", "37", "100"), ("chatbot", "29", "50"), ("alice", "4", "20")):
+        entry = reported[name]
+        assert money(entry["spend"]) == Decimal(spend), name
+        assert money(entry["limit"]) == Decimal(limit), name
+        assert money(entry["remaining"]) == Decimal(limit) - Decimal(spend), name
+        assert datetime.fromisoformat(entry["period_end"]) == period_end, name
+        assert entry["period"] == "monthly"
+    assert reported["alice"]["user_id"] == "alice@acme.test"
+    assert reported["chatbot"]["team_alias"] == "chatbot"
+
+
+def test_it_reports_nothing_of_other_teams_users_or_organizations(world, budgets):
+    for token in (world.ingest, world.read, world.pinned):
+        body = ok(token, team_alias="chatbot", user_id="alice@acme.test")
+        assert set(by_name(body)) == {"acme", "chatbot", "alice"}
+    assert set(by_name(ok(world.read, team_alias="chatbot"))) == {"acme", "chatbot"}
+    assert set(by_name(ok(world.read))) == {"acme"}
+    assert set(by_name(ok(world.read, user_id="alice@acme.test"))) == {"acme"}  # user budgets live in a team
+    body = ok(world.read, team_alias="chatbot", user_id="bob@acme.test")
+    assert set(by_name(body)) == {"acme", "chatbot", "bob"} and body["allowed"] is False
+    body = ok(world.read, team_alias="search")
+    assert set(by_name(body)) == {"acme", "search"} and body["allowed"] is False
+
+
+def test_it_answers_a_pinned_token_for_its_own_team_only(world, budgets):
+    body = ok(world.pinned)  # no alias: the token's team
+    assert body["team_alias"] == "chatbot"
+    assert set(by_name(body)) == {"acme", "chatbot"}
+    body = ok(world.pinned, team_alias="chatbot", user_id="bob@acme.test")
+    assert set(by_name(body)) == {"acme", "chatbot", "bob"} and body["allowed"] is False
+
+    for alias in ("search", "brand-new-team"):
+        response = check(world.pinned, team_alias=alias)
+        assert response.status_code == 404, response.content
+        assert "search" not in response.content.decode()
+
+
+def test_it_never_shows_acme_budgets_to_globex(world, budgets):
+    body = ok(world.globex_token, team_alias="chatbot", user_id="alice@acme.test")
+    assert set(by_name(body)) == {"globex", "globex-chatbot"}
+    assert body["allowed"] is False  # globex spent $2 of $1
+    assert money(by_name(body)["globex-chatbot"]["spend"]) == Decimal(2)  # not acme's chatbot spend
+    assert set(by_name(ok(world.globex_token, team_alias="search"))) == {"globex"}
+
+    # ...and acme's chatbot is not blocked by globex's exhausted "chatbot" budget.
+    body = ok(world.ingest, team_alias="chatbot", user_id="alice@acme.test")
+    assert body["allowed"] is True
+    assert money(by_name(body)["chatbot"]["spend"]) == Decimal(29)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"team_alias": "x" * 101}, {"user_id": "u" * 256}, {"team_alias": "chatbot", "user_id": "u" * 256}],
+    ids=["alias-too-long", "user-too-long", "user-too-long-with-team"],
+)
+def test_it_rejects_bad_parameters(world, params):
+    response = check(world.ingest, **params)
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["status"] == "error"
+    assert set(body["errors"]) == {name for name, value in params.items() if value != "chatbot"}
+
+
+@pytest.mark.parametrize(
+    ("params", "team_limit"),
+    [({"team_alias": ""}, "10"), ({"team_alias": "chatbot", "user_id": ""}, "100")],
+    ids=["empty-alias", "empty-user"],
+)
+def test_it_rejects_an_empty_alias_or_user_instead_of_skipping_that_budget(world, params, team_limit):
+    # Ingest refuses an empty team_alias; the check must not quietly answer for the whole
+    # organization (or the team without the user) and say "allowed" past an exhausted hard budget.
+    new_budget(world.acme, team_limit, team=world.chatbot, hard=True, name="chatbot")
+    new_budget(world.acme, "10", team=world.chatbot, user_id="alice@acme.test", hard=True, name="alice")
+    ingest(world.ingest, costing("10"))
+    response = check(world.ingest, **params)
+    assert response.status_code == 400, response.content
+    assert set(response.json()["errors"]) == {name for name, value in params.items() if value == ""}
+
+
+def test_it_serves_cached_spend_for_a_few_seconds_per_budget(world, settings):
+    settings.BUDGET_SPEND_CACHE_SECONDS = 60
+    acme = new_budget(world.acme, "10", team=world.chatbot, hard=True, name="acme-chatbot")
+    new_budget(world.globex, "10", team=world.globex_chatbot, hard=True, name="globex-chatbot")
+    ingest(world.ingest, costing("4"))
+    assert money(ok(world.ingest, team_alias="chatbot")["budgets"][0]["spend"]) == Decimal(4)
+    # Globex's figure for its own "chatbot" is its own, not acme's cached one.
+    assert money(ok(world.globex_token, team_alias="chatbot")["budgets"][0]["spend"]) == Decimal(0)
+    ingest(world.ingest, costing("6"))
+    assert money(ok(world.ingest, team_alias="chatbot")["budgets"][0]["spend"]) == Decimal(4)  # cached
+    cache.clear()
+    body = ok(world.ingest, team_alias="chatbot")
+    assert money(body["budgets"][0]["spend"]) == Decimal(10) and body["allowed"] is False
+    assert acme.pk == body["budgets"][0]["budget_id"]
+
+
+# --- ingest answers ----------------------------------------------------------------------------------
+
+
+def test_it_answers_track_with_the_budget_of_the_events_team_and_user(world, budgets):
+    response = api(world.ingest).post("/api/v1/metrics/track", costing("1", user_id="alice@acme.test"), format="json")
+    assert response.status_code == 200, response.content
+    budget = response.json()["budget"]
+    assert budget["allowed"] is True
+    assert (budget["team_alias"], budget["user_id"]) == ("chatbot", "alice@acme.test")
+    assert set(by_name(budget)) == {"acme", "chatbot", "alice"}
+    assert money(by_name(budget)["alice"]["spend"]) == Decimal(5)  # includes this event
+
+    response = api(world.ingest).post("/api/v1/metrics/track", costing("1", team_alias="search"), format="json")
+    assert response.json()["budget"]["allowed"] is False
+    assert set(by_name(response.json()["budget"])) == {"acme", "search"}
+
+    # A pinned token's events land in its team, whatever alias they name.
+    response = api(world.pinned).post("/api/v1/metrics/track", costing("1", team_alias="search"), format="json")
+    assert response.json()["budget"]["team_alias"] == "chatbot"
+
+    response = api(world.globex_token).post("/api/v1/metrics/track", costing("1"), format="json")
+    assert set(by_name(response.json()["budget"])) == {"globex", "globex-chatbot"}
+
+
+def test_it_stores_and_counts_every_event_even_when_a_hard_budget_is_exhausted(world):
+    new_budget(world.acme, "10", team=world.chatbot, hard=True, name="chatbot")
+    answers = []
+    for usd in ("6", "4", "3", "2"):
+        response = api(world.ingest).post("/api/v1/metrics/track", costing(usd), format="json")
+        assert response.status_code == 200, response.content
+        assert response.json()["status"] == "success"
+        answers.append(response.json()["budget"])
+
+    assert [answer["allowed"] for answer in answers] == [True, False, False, False]
+    assert [money(answer["budgets"][0]["spend"]) for answer in answers] == [6, 10, 13, 15]
+    assert UsageEvent.objects.filter(team=world.chatbot).count() == 4
+    body = ok(world.read, team_alias="chatbot")
+    assert money(body["budgets"][0]["spend"]) == Decimal(15) and body["allowed"] is False
+
+
+def test_it_answers_a_batch_with_the_budget_of_each_team_and_keeps_every_event(world, budgets):
+    response = api(world.ingest).post(
+        "/api/v1/events",
+        {"events": [costing("1"), costing("1", team_alias="search"), costing("1", team_alias="search")]},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["accepted"] == 3
+    assert set(body["budgets"]) == {"chatbot", "search"}
+    assert body["budgets"]["chatbot"]["allowed"] is True
+    assert set(by_name(body["budgets"]["chatbot"])) == {"acme", "chatbot"}
+    assert body["budgets"]["search"]["allowed"] is False
+    assert money(by_name(body["budgets"]["search"])["search"]["spend"]) == Decimal(10)
+    assert UsageEvent.objects.filter(team=world.search).count() == 3
