@@ -104,20 +104,29 @@ def _aware_timestamp(value: datetime) -> datetime:
     return value
 
 
-def _small_json(value: Any) -> Any:
-    if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
-        raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes")
+MAX_METADATA_DEPTH = 8
+
+
+def _metadata(value: Any, depth: int = 0) -> Any:
+    """Free-form metadata, bounded: shallow nesting, sane numbers (Decimals become plain numbers)."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, dict):
+        return {str(key): _metadata(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_metadata(item, depth + 1) for item in value]
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 15:
+            raise ValueError("holds a number out of range")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_MAGNITUDE:
+        raise ValueError("holds a number out of range")
     return value
 
 
-def _json_safe(value: Any) -> Any:
-    """Decimals inside free-form metadata become plain numbers for the JSON column."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
+def _small_json(value: Any) -> Any:
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes")
     return value
 
 
@@ -135,7 +144,7 @@ Alias = Annotated[
     str, BeforeValidator(_text), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
 ]
 Timestamp = Annotated[datetime, AfterValidator(_aware_timestamp)]
-Metadata = Annotated[dict[str, Any], AfterValidator(_small_json), AfterValidator(_json_safe)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_metadata), AfterValidator(_small_json)]
 Tags = Annotated[list[Annotated[str, BeforeValidator(_text), Field(max_length=100)]], Field(max_length=50)]
 
 

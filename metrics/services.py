@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import reduce
+from operator import or_
 
 from django.db import connection, transaction
 from django.db.models import Q
@@ -241,22 +243,39 @@ REPRICE_FIELDS = ("model", "provider", "prompt_cost", "output_cost", "cost", "is
 def usage_events_reprice(
     *, provider: str, model: str, start: datetime, end: datetime | None, chunk_size: int = 2000
 ) -> int:
-    """Price again the events a price change can touch and mark their hours for the rollups.
+    """Price again the events a change to (provider, model)'s prices can touch; mark their hours.
 
-    Candidates are events in [start, end) that were priced by this model's prices or were
-    unpriced (a new price may now match them). Events whose cost does not change are left alone,
-    so old totals change only where the new price really applies. Returns the events updated.
+    The events concerned are those in [start, end) that this model priced before the change or
+    that the current prices attribute to it now (a new price or pattern may take over names, a
+    deleted one gives them back). They are found by their distinct (name, provider) pairs, so
+    events of other models are not read. Events whose cost does not change are left alone: old
+    totals change only where the new price really applies. Returns the number of events updated.
     """
     forget_price_book()
     book = price_book()
-    candidates = UsageEvent.objects.filter(
-        Q(price__provider=provider, price__model=model) | Q(is_priced=False), timestamp__gte=start
-    )
+    key = (provider, model)
+    window = UsageEvent.objects.filter(timestamp__gte=start)
     if end is not None:
-        candidates = candidates.filter(timestamp__lt=end)
+        window = window.filter(timestamp__lt=end)
+    names = window.values_list("model_requested", "provider", "model", "is_priced").distinct().order_by()
+    pairs = sorted(
+        {
+            (requested, hint)
+            for requested, hint, stored_model, is_priced in names
+            if (is_priced and (hint, stored_model) == key) or book.find(requested, hint or None) == key
+        }
+    )
+    updated = 0
+    for first in range(0, len(pairs), 50):
+        matching = reduce(or_, (Q(model_requested=n, provider=p) for n, p in pairs[first : first + 50]))
+        updated += _reprice_matching(window.filter(matching), book, chunk_size)
+    return updated
+
+
+def _reprice_matching(events, book, chunk_size: int) -> int:
     updated, last_id = 0, 0
     while True:
-        chunk = list(candidates.filter(id__gt=last_id).order_by("id")[:chunk_size])
+        chunk = list(events.filter(id__gt=last_id).order_by("id")[:chunk_size])
         if not chunk:
             return updated
         last_id = chunk[-1].id

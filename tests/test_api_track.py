@@ -166,6 +166,9 @@ def test_it_answers_a_repeated_request_id_with_the_stored_event(world):
     assert stored.prompt_tokens == 1000
     assert stored.latency_ms == 120.5
     assert first.json()["duplicate"] is False
+    dashboard = api(world.read).get("/api/v1/dashboard/metrics").json()
+    assert dashboard["total_requests"] == 1
+    assert money(dashboard["total_cost"]) == Decimal("0.006")
 
 
 def test_it_keeps_request_ids_apart_per_organization(world):

@@ -14,14 +14,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
-from django.core.cache import cache
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 
 from billing.models import Budget, BudgetAlert
 from billing.selectors import budget_period
 from billing.services import budget_alert_recipients, budget_create, budgets_evaluate
 from teams.services import member_add
-from tests.conftest import api, event, make_price
+from tests.budget_support import costing as costing_at
+from tests.budget_support import fast_passwords, ingest, private_cache
+from tests.conftest import event, make_price
 from tests.smtp_sink import free_port, smtp_sink
 
 LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
@@ -34,11 +35,10 @@ def _mail_and_cache(settings):
     settings.BUDGET_SPEND_CACHE_SECONDS = 0
     settings.SITE_URL = "https://cost.example.com"
     settings.DEFAULT_FROM_EMAIL = "llmcost <alerts@cost.example.com>"
-    cache.clear()
+    fast_passwords(settings)
+    private_cache(settings)
     mail.outbox = []
     FlakyBackend.failures_left = 0
-    yield
-    cache.clear()
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -48,16 +48,8 @@ NOON = DAY + timedelta(hours=12)
 
 
 def costing(usd: str, at: datetime = DAY + timedelta(hours=6), **overrides) -> dict:
-    """An event of test-model ($2 per million prompt tokens) costing exactly `usd`."""
-    tokens = Decimal(usd) * 500_000
-    assert tokens == int(tokens)
-    return event(prompt_tokens=int(tokens), output_tokens=0, timestamp=at.isoformat(), **overrides)
-
-
-def ingest(token: str, *bodies: dict) -> None:
-    response = api(token).post("/api/v1/events", {"events": list(bodies)}, format="json")
-    assert response.status_code == 200, response.content
-    assert response.json()["accepted"] == len(bodies), response.content
+    """An event costing exactly `usd`, by default at 06:00 on DAY."""
+    return costing_at(usd, at, **overrides)
 
 
 def team_budget(world, amount="10", **options) -> Budget:
@@ -229,7 +221,10 @@ def people(world):
 
 
 NEVER = {
-    "member@acme.test", "viewer@acme.test", "limited-viewer@acme.test", "boss@globex.test",
+    "member@acme.test",
+    "viewer@acme.test",
+    "limited-viewer@acme.test",
+    "boss@globex.test",
     "globex-admin@globex.test",
 }
 
@@ -303,8 +298,13 @@ def test_it_writes_an_html_and_text_email_with_the_facts_of_the_alert(world, set
         world.ingest,
         costing("3", at=start + timedelta(hours=1)),
         costing("1.5", at=start + timedelta(days=1), user_id="bob@acme.test"),
-        event(model="other-model", prompt_tokens=250_000, output_tokens=250_000, user_id="bob@acme.test",
-              timestamp=(start + timedelta(days=2)).isoformat()),  # $0.50
+        event(
+            model="other-model",
+            prompt_tokens=250_000,
+            output_tokens=250_000,
+            user_id="bob@acme.test",
+            timestamp=(start + timedelta(days=2)).isoformat(),
+        ),  # $0.50
         costing("40", at=start - timedelta(minutes=1)),  # last month: not part of this period
         costing("40", at=start + timedelta(hours=2), team_alias="search"),  # another team
     )

@@ -9,41 +9,27 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from django.core.cache import cache
 
 from billing.models import Budget
 from billing.selectors import budget_period
 from billing.services import budget_create
 from metrics.models import UsageEvent
 from teams.services import token_create, token_revoke
-from tests.conftest import api, event
+from tests.budget_support import costing, fast_passwords, ingest, private_cache
+from tests.conftest import api
 
 URL = "/api/v1/budget/check"
 
 
 @pytest.fixture(autouse=True)
 def _fresh_spend(settings):
+    fast_passwords(settings)
+    private_cache(settings)
     settings.BUDGET_SPEND_CACHE_SECONDS = 0
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def money(value) -> Decimal:
     return Decimal(str(value))
-
-
-def costing(usd: str, **overrides) -> dict:
-    """An event of test-model ($2 per million prompt tokens) costing exactly `usd`, made now."""
-    tokens = Decimal(usd) * 500_000
-    assert tokens == int(tokens)
-    return event(prompt_tokens=int(tokens), output_tokens=0, **overrides)
-
-
-def ingest(token: str, *bodies: dict) -> None:
-    response = api(token).post("/api/v1/events", {"events": list(bodies)}, format="json")
-    assert response.status_code == 200, response.content
-    assert response.json()["accepted"] == len(bodies), response.content
 
 
 def check(token: str | None, **params):
@@ -58,8 +44,13 @@ def ok(token: str | None, **params) -> dict:
 
 def new_budget(organization, amount: str, *, team=None, user_id="", hard=False, name="") -> Budget:
     return budget_create(
-        organization=organization, team=team, user_id=user_id, amount_usd=Decimal(amount), period="monthly",
-        is_hard=hard, name=name,
+        organization=organization,
+        team=team,
+        user_id=user_id,
+        amount_usd=Decimal(amount),
+        period="monthly",
+        is_hard=hard,
+        name=name,
     )
 
 
@@ -285,7 +276,7 @@ def test_it_serves_cached_spend_for_a_few_seconds_per_budget(world, settings):
     assert money(ok(world.globex_token, team_alias="chatbot")["budgets"][0]["spend"]) == Decimal(0)
     ingest(world.ingest, costing("6"))
     assert money(ok(world.ingest, team_alias="chatbot")["budgets"][0]["spend"]) == Decimal(4)  # cached
-    cache.clear()
+    private_cache(settings)  # as if the cached figure had expired
     body = ok(world.ingest, team_alias="chatbot")
     assert money(body["budgets"][0]["spend"]) == Decimal(10) and body["allowed"] is False
     assert acme.pk == body["budgets"][0]["budget_id"]

@@ -12,24 +12,23 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.core.cache import cache
 
 from billing.models import Budget
 from billing.selectors import budget_period, budget_spend, budget_status
 from billing.services import budget_create
 from metrics.models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup
 from metrics.rollups import dirty_rollups_refresh
-from tests.conftest import api, event, utc
+from tests.budget_support import costing, fast_passwords, ingest, private_cache
+from tests.conftest import utc
 
 MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_spend(settings):
+    fast_passwords(settings)
+    private_cache(settings)
     settings.BUDGET_SPEND_CACHE_SECONDS = 0
-    cache.clear()
-    yield
-    cache.clear()
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -46,19 +45,6 @@ def new_budget(world, period: str, *, zone: str = "UTC", team=None, user_id: str
     return budget_create(
         organization=organization, team=team, user_id=user_id, amount_usd=Decimal(amount), period=period
     )
-
-
-def costing(usd: str, at: datetime, **overrides) -> dict:
-    """An event of test-model ($2 per million prompt tokens) costing exactly `usd`, made at `at`."""
-    tokens = Decimal(usd) * 500_000
-    assert tokens == int(tokens)
-    return event(prompt_tokens=int(tokens), output_tokens=0, timestamp=at.isoformat(), **overrides)
-
-
-def ingest(world, *bodies: dict) -> None:
-    response = api(world.ingest).post("/api/v1/events", {"events": list(bodies)}, format="json")
-    assert response.status_code == 200, response.content
-    assert response.json()["accepted"] == len(bodies), response.content
 
 
 def local_midnight(zone: str, day: date) -> datetime:
@@ -90,7 +76,8 @@ def test_it_makes_a_utc_day_from_midnight_to_midnight(world):
     assert period_of(world, "daily", "UTC", utc(2026, 3, 15, 13, 45)) == (utc(2026, 3, 15), utc(2026, 3, 16))
     assert period_of(world, "daily", "UTC", utc(2026, 3, 15)) == (utc(2026, 3, 15), utc(2026, 3, 16))
     assert period_of(world, "daily", "UTC", utc(2026, 3, 15, 23, 59, 59, 999999)) == (
-        utc(2026, 3, 15), utc(2026, 3, 16)
+        utc(2026, 3, 15),
+        utc(2026, 3, 16),
     )
 
 
@@ -139,13 +126,28 @@ def test_it_keeps_new_york_weeks_and_months_on_local_midnight_across_daylight_sa
 
 def test_it_starts_a_kolkata_day_at_18_30_utc(world):
     zone = "Asia/Kolkata"  # +05:30, no daylight saving
-    assert period_of(world, "daily", zone, utc(2026, 6, 10, 18, 29)) == (utc(2026, 6, 9, 18, 30), utc(2026, 6, 10, 18, 30))
-    assert period_of(world, "daily", zone, utc(2026, 6, 10, 18, 30)) == (utc(2026, 6, 10, 18, 30), utc(2026, 6, 11, 18, 30))
+    assert period_of(world, "daily", zone, utc(2026, 6, 10, 18, 29)) == (
+        utc(2026, 6, 9, 18, 30),
+        utc(2026, 6, 10, 18, 30),
+    )
+    assert period_of(world, "daily", zone, utc(2026, 6, 10, 18, 30)) == (
+        utc(2026, 6, 10, 18, 30),
+        utc(2026, 6, 11, 18, 30),
+    )
     # Monday 2026-06-08 00:00 local is Sunday 2026-06-07 18:30 UTC.
-    assert period_of(world, "weekly", zone, utc(2026, 6, 7, 18, 30)) == (utc(2026, 6, 7, 18, 30), utc(2026, 6, 14, 18, 30))
-    assert period_of(world, "weekly", zone, utc(2026, 6, 7, 18, 29)) == (utc(2026, 5, 31, 18, 30), utc(2026, 6, 7, 18, 30))
+    assert period_of(world, "weekly", zone, utc(2026, 6, 7, 18, 30)) == (
+        utc(2026, 6, 7, 18, 30),
+        utc(2026, 6, 14, 18, 30),
+    )
+    assert period_of(world, "weekly", zone, utc(2026, 6, 7, 18, 29)) == (
+        utc(2026, 5, 31, 18, 30),
+        utc(2026, 6, 7, 18, 30),
+    )
     # June 1 local starts on May 31 at 18:30 UTC.
-    assert period_of(world, "monthly", zone, utc(2026, 5, 31, 19)) == (utc(2026, 5, 31, 18, 30), utc(2026, 6, 30, 18, 30))
+    assert period_of(world, "monthly", zone, utc(2026, 5, 31, 19)) == (
+        utc(2026, 5, 31, 18, 30),
+        utc(2026, 6, 30, 18, 30),
+    )
 
 
 def test_it_follows_auckland_time_across_the_date_line_and_daylight_saving(world):
@@ -177,7 +179,7 @@ def test_it_counts_a_kolkata_day_from_18_30_utc_before_and_after_rollups(world):
     boundary = local_midnight(zone, local_today(zone) - timedelta(days=3))  # xx:30 UTC
     assert boundary.minute == 30
     ingest(
-        world,
+        world.ingest,
         costing("1", boundary - MINUTE),  # 23:59 local, the day before
         costing("2", boundary),  # 00:00 local exactly
         costing("4", boundary + MINUTE),  # 00:01 local
@@ -193,7 +195,9 @@ def test_it_counts_a_kolkata_day_from_18_30_utc_before_and_after_rollups(world):
             "before the boundary": spend_at(day, boundary - timedelta(seconds=30)),
             "30 minutes into the day": spend_at(team_day, boundary + timedelta(minutes=30)),
             "6 hours into the day": spend_at(day, boundary + timedelta(hours=6)),
-            "whole day": budget_spend(day, boundary, boundary + timedelta(days=1), boundary + timedelta(days=1, hours=2)),
+            "whole day": budget_spend(
+                day, boundary, boundary + timedelta(days=1), boundary + timedelta(days=1, hours=2)
+            ),
             "next day": spend_at(day, boundary + timedelta(days=1, minutes=2)),
         }
 
@@ -220,7 +224,7 @@ def test_it_counts_a_kolkata_week_from_monday_through_rollups_of_whole_days(worl
     now = monday + timedelta(days=3, hours=12)
     assert now < datetime.now(UTC)
     ingest(
-        world,
+        world.ingest,
         costing("1", monday - MINUTE),  # Sunday 23:59 local: last week
         costing("2", monday + MINUTE),  # Monday 00:01 local
         costing("4", monday + timedelta(hours=2)),  # a whole hour inside the week
@@ -249,7 +253,7 @@ def test_it_counts_an_auckland_month_from_local_midnight_on_the_first(world):
     assert first.minute == 0 and first.hour in (11, 12)
     now = first + timedelta(days=5)
     ingest(
-        world,
+        world.ingest,
         costing("1", first - MINUTE),
         costing("2", first + MINUTE),
         costing("4", first + timedelta(days=2)),
@@ -281,7 +285,7 @@ def test_it_counts_the_local_day_of_a_daylight_saving_change(world):
     zone, day, length = found
     start, end = local_midnight(zone, day), local_midnight(zone, day + timedelta(days=1))
     ingest(
-        world,
+        world.ingest,
         costing("1", start - MINUTE),
         costing("2", start + MINUTE),
         costing("4", end - MINUTE),
@@ -300,7 +304,7 @@ def test_it_counts_the_local_day_of_a_daylight_saving_change(world):
 def test_it_starts_a_new_period_from_zero_without_a_reset_job(world):
     zone = "Asia/Kolkata"
     boundary = local_midnight(zone, local_today(zone) - timedelta(days=2))
-    ingest(world, costing("20", boundary - timedelta(hours=3)), costing("3", boundary + timedelta(hours=1)))
+    ingest(world.ingest, costing("20", boundary - timedelta(hours=3)), costing("3", boundary + timedelta(hours=1)))
     budget = new_budget(world, "daily", zone=zone, amount="10")
     budget.is_hard = True
     budget.save()
@@ -322,7 +326,7 @@ def test_it_does_not_carry_a_cached_figure_into_the_next_period(world, settings)
     settings.BUDGET_SPEND_CACHE_SECONDS = 300
     zone = "UTC"
     boundary = local_midnight(zone, local_today(zone) - timedelta(days=2))
-    ingest(world, costing("20", boundary - timedelta(hours=3)))
+    ingest(world.ingest, costing("20", boundary - timedelta(hours=3)))
     budget = new_budget(world, "daily", zone=zone, amount="10")
     assert budget_status(budget, boundary - timedelta(seconds=1)).spend == Decimal(20)  # cached now
     assert budget_status(budget, boundary + timedelta(seconds=1)).spend == Decimal(0)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from decimal import Decimal
 
 import pytest
-from django.core.cache import cache
 
 from billing.models import BudgetAlert
 from billing.services import budget_create
 from billing.tasks import budgets_evaluate
-from tests.conftest import api, event
+from tests.budget_support import costing, fast_passwords, ingest
 from tests.smtp_sink import free_port, smtp_sink
 from tests.workers import celery_worker, worker_log
 
@@ -25,14 +25,22 @@ SUCCEEDED = re.compile(r"Task billing\.tasks\.budgets_evaluate\[[0-9a-f-]+\] suc
 RECEIVED = re.compile(r"Task billing\.tasks\.budgets_evaluate\[[0-9a-f-]+\] received")
 
 
-def costing(usd: str, **overrides) -> dict:
-    tokens = Decimal(usd) * 500_000
-    return event(prompt_tokens=int(tokens), output_tokens=0, **overrides)
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    fast_passwords(settings)
 
 
-def ingest(token: str, *bodies: dict) -> None:
-    response = api(token).post("/api/v1/events", {"events": list(bodies)}, format="json")
-    assert response.status_code == 200, response.content
+@pytest.fixture
+def queue(settings) -> str:
+    """The queue the test's workers consume and its tasks go to.
+
+    On a shared broker (the CI Redis) a queue of this test's own, so no other process's worker
+    takes its tasks; the embedded filesystem broker is already private to the run (and would
+    leave a file per queue in ./control), so it keeps the default queue there.
+    """
+    if settings.CELERY_BROKER_URL.startswith("filesystem"):
+        return "celery"
+    return f"budget-test-{uuid.uuid4().hex[:12]}"
 
 
 def logs(*workers) -> str:
@@ -55,8 +63,9 @@ def wait_for_tasks(count: int, *workers) -> None:
     pytest.fail(f"{count} budgets_evaluate tasks did not finish within {WAIT_SECONDS}s:\n{logs(*workers)}")
 
 
-def worker_env(sink_url: str) -> dict:
+def worker_env(sink_url: str, queue: str) -> dict:
     return {
+        "CELERY_WORKER_QUEUES": queue,  # celery's CLI reads `worker --queues` from this variable
         "EMAIL_URL": sink_url,
         "DEFAULT_FROM_EMAIL": "llmcost <alerts@cost.example.com>",
         "SITE_URL": "https://cost.example.com",
@@ -66,20 +75,25 @@ def worker_env(sink_url: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_it_creates_and_sends_each_threshold_once_when_two_workers_race(world):
-    cache.clear()  # before any worker: with Redis this also empties the broker of stale tasks
+def test_it_creates_and_sends_each_threshold_once_when_two_workers_race(world, queue):
     budget = budget_create(
-        organization=world.acme, team=world.chatbot, amount_usd=Decimal(10), period="monthly",
+        organization=world.acme,
+        team=world.chatbot,
+        amount_usd=Decimal(10),
+        period="monthly",
         extra_emails=["finance@acme.test"],
     )
     ingest(world.ingest, costing("8.5"))  # past 50 % and 80 %, short of 100 %
     tasks = 12
 
-    with smtp_sink() as sink, celery_worker(name="w1", extra_env=worker_env(sink.url)) as w1, celery_worker(
-        name="w2", extra_env=worker_env(sink.url)
-    ) as w2:
+    with (
+        smtp_sink() as sink,
+        celery_worker(name="w1", extra_env=worker_env(sink.url, queue)) as w1,
+        celery_worker(name="w2", extra_env=worker_env(sink.url, queue)) as w2,
+    ):
+        assert all(f".> {queue} " in worker_log(w) for w in (w1, w2)), logs(w1, w2)  # consuming our queue
         for _ in range(tasks):
-            budgets_evaluate.delay()
+            budgets_evaluate.apply_async(queue=queue)
         wait_for_tasks(tasks, w1, w2)
         received = sink.wait_for(2, timeout=10)
         time.sleep(1)  # a duplicate would arrive now, if there were one
@@ -105,15 +119,15 @@ def test_it_creates_and_sends_each_threshold_once_when_two_workers_race(world):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_it_keeps_an_alert_a_worker_could_not_send_and_sends_it_when_mail_is_back(world):
-    cache.clear()
-    budget = budget_create(organization=world.acme, team=world.chatbot, amount_usd=Decimal(10), period="monthly",
-                           thresholds=[50])
+def test_it_keeps_an_alert_a_worker_could_not_send_and_sends_it_when_mail_is_back(world, queue):
+    budget = budget_create(
+        organization=world.acme, team=world.chatbot, amount_usd=Decimal(10), period="monthly", thresholds=[50]
+    )
     ingest(world.ingest, costing("6"))
 
     dead = f"smtp://127.0.0.1:{free_port()}"  # nothing listens there
-    with celery_worker(name="w1", extra_env=worker_env(dead)) as worker:
-        budgets_evaluate.delay()
+    with celery_worker(name="w1", extra_env=worker_env(dead, queue)) as worker:
+        budgets_evaluate.apply_async(queue=queue)
         wait_for_tasks(1, worker)
         log_text = logs(worker)
     alert = BudgetAlert.objects.get(budget=budget)
@@ -121,8 +135,8 @@ def test_it_keeps_an_alert_a_worker_could_not_send_and_sends_it_when_mail_is_bac
     assert alert.attempts == 1
     assert "Connection" in alert.last_error or "refused" in alert.last_error.lower(), alert.last_error
 
-    with smtp_sink() as sink, celery_worker(name="w1", extra_env=worker_env(sink.url)) as worker:
-        budgets_evaluate.delay()
+    with smtp_sink() as sink, celery_worker(name="w1", extra_env=worker_env(sink.url, queue)) as worker:
+        budgets_evaluate.apply_async(queue=queue)
         wait_for_tasks(1, worker)
         received = sink.wait_for(1, timeout=10)
         log_text = logs(worker)

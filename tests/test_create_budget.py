@@ -10,6 +10,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from billing.models import Budget
+from tests.budget_support import fast_passwords
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    fast_passwords(settings)
 
 
 def run(*args) -> str:
@@ -38,8 +44,22 @@ def test_it_creates_an_organization_budget_with_the_default_thresholds(world):
 
 def test_it_creates_a_hard_team_budget_with_thresholds_and_extra_recipients(world):
     run(
-        "acme", "--team", "chatbot", "--amount", "12.50", "--period", "weekly", "--thresholds", "90,25,100,25",
-        "--hard", "--email", "finance@acme.test", "--email", "cto@acme.test", "--name", "chatbot weekly",
+        "acme",
+        "--team",
+        "chatbot",
+        "--amount",
+        "12.50",
+        "--period",
+        "weekly",
+        "--thresholds",
+        "90,25,100,25",
+        "--hard",
+        "--email",
+        "finance@acme.test",
+        "--email",
+        "cto@acme.test",
+        "--name",
+        "chatbot weekly",
     )
     budget = only_budget()
     assert (budget.organization, budget.team) == (world.acme, world.chatbot)

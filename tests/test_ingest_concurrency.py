@@ -37,7 +37,7 @@ def in_threads(work, n=THREADS):
         try:
             barrier.wait(timeout=10)
             results[i] = work(i)
-        except BaseException as exc:  # noqa: BLE001 -- reported below, in the test's thread
+        except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
         finally:
             connection.close()

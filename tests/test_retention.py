@@ -182,3 +182,26 @@ def test_it_follows_a_shorter_configured_window(world, settings):
     )
     assert fine.status_code == 200, fine.content
     assert retention_cutoff() == hour_of(datetime.now(UTC) - 10 * DAY)
+
+
+def test_it_does_not_prune_events_whose_hour_was_never_rolled_up(world, monkeypatch):
+    # The API accepts events up to 89 days old, one day inside the 90-day window, "so an accepted event is
+    # rolled up before it is pruned". If the rollups fall more than that day behind (worker down, backlog),
+    # pruning must still not delete raw events that no rollup holds yet: their cost would vanish from every
+    # total. Simulated: an event 88 days and 23 hours old, then the clock moved two days on.
+    moment = datetime.now(UTC) - timedelta(days=88, hours=23)
+    response = api(world.ingest).post("/api/v1/metrics/track", event(timestamp=iso(moment)), format="json")
+    assert response.status_code == 200, response.content
+    assert DirtyHour.objects.filter(hour=hour_of(moment)).exists()  # not rolled up yet
+    real_cutoff = rollups.retention_cutoff
+    monkeypatch.setattr(rollups, "retention_cutoff",
+                        lambda now=None: real_cutoff((now or datetime.now(UTC)) + 2 * DAY))
+    assert rollups.retention_cutoff() > moment
+
+    raw_events_prune()
+    dirty_rollups_refresh()
+
+    start, end = hour_of(moment), hour_of(moment) + HOUR
+    body = get_dashboard(world.read, start=iso(start), end=iso(end))
+    assert body["total_requests"] == 1, "an event that was never rolled up was pruned and is lost"
+    assert body["total_cost"] == Decimal("0.006")

@@ -107,9 +107,10 @@ def spread_over_hours(rng, *, hours: int, per_hour: int, days: int, prefix: str,
 
 
 def assert_unmarked_buckets_equal_raw() -> None:
-    """Wherever no mark says "stale", hourly and daily rows equal the raw sums (marked ones may lag)."""
+    """Wherever no mark says "stale", hourly and daily rows equal the raw sums (marked buckets may lag)."""
     dirty_hours = set(DirtyHour.objects.values_list("organization_id", "hour"))
-    dirty_days = set(DirtyDay.objects.values_list("organization_id", "day"))
+    # A day is stale while it is marked, or while any of its hours is (its rows are built from hourly rows).
+    dirty_days = set(DirtyDay.objects.values_list("organization_id", "day")) | {(o, day_of(h)) for o, h in dirty_hours}
     for model_class, bucket_of, dirty in ((HourlyRollup, hour_of, dirty_hours), (DailyRollup, day_of, dirty_days)):
         want = {k: v for k, v in expected_rollups(bucket_of).items() if (k[0], k[1]) not in dirty}
         got, count = rollup_table(model_class)
@@ -210,3 +211,35 @@ def test_it_ends_with_exactly_the_right_rows_when_two_workers_refresh_at_once(wo
     assert no_dirty_marks()
     assert_rollups_equal_raw()
 
+
+
+def test_it_never_leaves_a_stale_hour_unmarked_while_events_arrive_during_a_worker_rollup(world, broker):
+    # Real concurrency between ingest (this process) and the rollup (the worker): every event stored while
+    # its hour is being recomputed must leave that hour dirty, so no bucket is ever stale without a mark.
+    env, url = broker
+    rng = random.Random(41)
+    now = datetime.now(UTC)
+    post_events(world.ingest, spread_over_hours(rng, hours=200, per_hour=2, days=10, prefix="base", now=now))
+    hours = sorted(set(DirtyHour.objects.values_list("hour", flat=True)))
+
+    with celery_worker(extra_env=env) as worker:
+        task = enqueue(url)
+        wait_until(lambda: DirtyHour.objects.count() < len(hours), worker, what="the rollup to start",
+                   interval=0.01)
+        sent = 0
+        while not succeeded(worker, task.id) and sent < 400:
+            batch = [random_event(rng, moment=rng.choice(hours) + timedelta(seconds=rng.uniform(0, 3599.9)),
+                                  request_id=f"live-{sent + i}") for i in range(5)]
+            post_events(world.ingest, batch)
+            sent += len(batch)
+        wait_until(lambda: succeeded(worker, task.id), worker, what="the first rollups_refresh to succeed")
+        assert sent >= 10, "no event arrived during the rollup"
+
+        assert_unmarked_buckets_equal_raw()
+
+        second = enqueue(url)
+        wait_until(lambda: succeeded(worker, second.id), worker, what="the second rollups_refresh to succeed")
+
+    assert no_dirty_marks()
+    assert UsageEvent.objects.count() == 400 + sent
+    assert_rollups_equal_raw()
