@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import django_filters
@@ -17,6 +18,7 @@ from rest_framework.views import APIView
 
 from billing.selectors import budget_check
 from llmcost_project.api_errors import QueryParams
+from teams.access import UnknownTeam
 from teams.authentication import CanIngest, CanRead
 
 from .schemas import BatchRunIn, CacheStatIn, EventIn, MalformedBody, field_errors, parse_json_body
@@ -51,6 +53,14 @@ def validate(schema, data):
         return schema.model_validate(data)
     except PydanticError as exc:
         raise ApiValidationError(field_errors(exc)) from None
+
+
+@contextmanager
+def unknown_team_is_invalid():
+    try:
+        yield
+    except UnknownTeam as exc:
+        raise ApiValidationError({"team_alias": [f"no team {exc.args[0]!r} in this organization"]}) from None
 
 
 class TrackView(APIView):
@@ -147,7 +157,8 @@ class CacheStatView(APIView):
     @extend_schema(request=CacheStatIn, responses={200: dict}, summary="Record cache statistics")
     def post(self, request):
         stat = validate(CacheStatIn, read_json(request))
-        record = cache_stat_record(token=request.auth, stat=stat)
+        with unknown_team_is_invalid():
+            record = cache_stat_record(token=request.auth, stat=stat)
         return Response({"status": "success", "message": "Cache metrics tracked successfully", "id": record.pk})
 
 
@@ -159,7 +170,8 @@ class BatchRunView(APIView):
     @extend_schema(request=BatchRunIn, responses={200: dict}, summary="Record a batch run")
     def post(self, request):
         run = validate(BatchRunIn, read_json(request))
-        record, created = batch_run_record(token=request.auth, run=run)
+        with unknown_team_is_invalid():
+            record, created = batch_run_record(token=request.auth, run=run)
         return Response(
             {
                 "status": "success",
