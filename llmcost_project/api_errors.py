@@ -61,8 +61,12 @@ class QueryParams(serializers.Serializer):
     widen the answer (every team instead of none), so it is refused, naming the parameter.
     """
 
+    # Parameters read by something else (a FilterSet) that must not be blank either.
+    other_params: tuple[str, ...] = ()
+
     def validate(self, attrs):
-        blank = [key for key in self.fields if key in self.initial_data and not self.initial_data[key].strip()]
+        names = [*self.fields, *self.other_params]
+        blank = [key for key in names if key in self.initial_data and not self.initial_data[key].strip()]
         if blank:
             raise serializers.ValidationError({key: ["may not be blank"] for key in blank})
         return super().validate(attrs)

@@ -230,6 +230,7 @@ class RecentRequestFilter(django_filters.FilterSet):
 
 
 class RecentQuery(RangeQuery):
+    other_params = tuple(RecentRequestFilter.base_filters)
     time_range_hours = serializers.IntegerField(min_value=1, max_value=MAX_RANGE_HOURS, default=24 * 30)
     limit = serializers.IntegerField(min_value=1, max_value=1000, default=20)
 

@@ -87,6 +87,8 @@ def _boolean(value: Any) -> Any:
 def _text(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("must be a string")
+    if "\x00" in value:  # PostgreSQL cannot store NUL in text
+        raise ValueError("must not contain NUL (\\u0000) characters")
     return value
 
 
@@ -112,7 +114,9 @@ def _metadata(value: Any, depth: int = 0) -> Any:
     if depth > MAX_METADATA_DEPTH:
         raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, dict):
-        return {str(key): _metadata(item, depth + 1) for key, item in value.items()}
+        return {_text(key): _metadata(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, list):
         return [_metadata(item, depth + 1) for item in value]
     if isinstance(value, Decimal):

@@ -151,59 +151,61 @@ def usage_events_record(
     global _insert
     if _insert is None:
         _insert = _EventInsert()
-    resolver = TeamResolver(token)
-    resolver.preload({event.team_alias for _, event in events if event.team_alias})
     book = price_book()
     received_at = datetime.now(UTC)
-
     rows, kept, rejected, seen = [], [], [], set()
-    for index, event in events:
-        try:
-            team = resolver.resolve(event.team_alias)
-        except UnknownTeam:
-            rejected.append(
-                RejectedEvent(index, {"team_alias": [f"no team {event.team_alias!r} in this organization"]})
-            )
-            continue
-        row = _event_row(
-            event, organization_id=token.organization_id, team_id=team.pk, received_at=received_at, book=book
-        )
-        if event.request_id in seen:
-            kept.append((index, event, team, True))  # repeated inside this request
-            continue
-        seen.add(event.request_id)
-        rows.append(row)
-        kept.append((index, event, team, False))
-
-    stored_as = {row["request_id"]: (row["cost"], row["is_priced"], row["total_tokens"]) for row in rows}
-    timestamps = {row["request_id"]: row["timestamp"] for row in rows}
-    with transaction.atomic():
+    with transaction.atomic():  # teams created here exist only if the events are stored too
+        resolver = TeamResolver(token)
+        resolver.preload({event.team_alias for _, event in events if event.team_alias})
+        for index, event in events:
+            try:
+                team = resolver.resolve(event.team_alias)
+            except UnknownTeam:
+                rejected.append(
+                    RejectedEvent(index, {"team_alias": [f"no team {event.team_alias!r} in this organization"]})
+                )
+                continue
+            repeated = event.request_id in seen  # the same id twice inside this request
+            kept.append((index, event, team, repeated))
+            if not repeated:
+                seen.add(event.request_id)
+                rows.append(
+                    _event_row(
+                        event,
+                        organization_id=token.organization_id,
+                        team_id=team.pk,
+                        received_at=received_at,
+                        book=book,
+                    )
+                )
+        stored_as = {row["request_id"]: (row["cost"], row["is_priced"], row["total_tokens"]) for row in rows}
+        timestamps = {row["request_id"]: row["timestamp"] for row in rows}
         inserted = _insert(rows) if rows else set()
-        # Last statement before commit: the marks' row locks are held for the shortest time.
+        # The last write before commit: the marks' row locks are held for the shortest time.
         mark_hours_dirty(
             organization_id=token.organization_id, moments=[timestamps[request_id] for request_id in inserted]
         )
-    duplicates = {row["request_id"] for row in rows} - inserted
-    if duplicates or len(kept) > len(rows):
-        wanted = duplicates | {event.request_id for _, event, _, repeated in kept if repeated}
-        stored = UsageEvent.objects.filter(organization_id=token.organization_id, request_id__in=wanted)
+
+    duplicates = seen - inserted
+    if duplicates or len(kept) > len(rows):  # answer retries with what was stored first
+        stored = UsageEvent.objects.filter(
+            organization_id=token.organization_id,
+            request_id__in=duplicates | {event.request_id for _, event, _, repeated in kept if repeated},
+        )
         for request_id, *answer in stored.values_list("request_id", "cost", "is_priced", "total_tokens"):
             stored_as[request_id] = tuple(answer)
-
-    recorded = []
-    for index, event, team, repeated in kept:
-        cost, is_priced, tokens = stored_as[event.request_id]
-        recorded.append(
-            RecordedEvent(
-                index=index,
-                request_id=event.request_id,
-                duplicate=repeated or event.request_id in duplicates,
-                cost=Decimal(cost),
-                tokens=tokens,
-                is_priced=is_priced,
-                team=team,
-            )
+    recorded = [
+        RecordedEvent(
+            index=index,
+            request_id=event.request_id,
+            duplicate=repeated or event.request_id in duplicates,
+            cost=Decimal(stored_as[event.request_id][0]),
+            is_priced=stored_as[event.request_id][1],
+            tokens=stored_as[event.request_id][2],
+            team=team,
         )
+        for index, event, team, repeated in kept
+    ]
     return recorded, rejected
 
 
@@ -300,18 +302,29 @@ def _repriced(event: UsageEvent, book) -> bool:
         if not event.is_priced:
             return False
         new = {
-            "is_priced": False, "price_id": None, "cost": event.client_cost or Decimal(0),
-            "prompt_cost": Decimal(0), "output_cost": Decimal(0), "model": normalise_model_name(event.model_requested),
+            "is_priced": False,
+            "price_id": None,
+            "cost": event.client_cost or Decimal(0),
+            "prompt_cost": Decimal(0),
+            "output_cost": Decimal(0),
+            "model": normalise_model_name(event.model_requested),
             "provider": event.provider,
         }
     else:
         cost = event_cost(
-            price, prompt_tokens=event.prompt_tokens, cached_tokens=event.cached_tokens,
+            price,
+            prompt_tokens=event.prompt_tokens,
+            cached_tokens=event.cached_tokens,
             output_tokens=event.output_tokens,
         )
         new = {
-            "is_priced": True, "price_id": price.id, "cost": cost.total, "prompt_cost": cost.prompt_cost,
-            "output_cost": cost.output_cost, "model": price.model, "provider": price.provider,
+            "is_priced": True,
+            "price_id": price.id,
+            "cost": cost.total,
+            "prompt_cost": cost.prompt_cost,
+            "output_cost": cost.output_cost,
+            "model": price.model,
+            "provider": price.provider,
         }
     if all(getattr(event, name) == value for name, value in new.items()):
         return False

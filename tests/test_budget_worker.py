@@ -31,7 +31,7 @@ def _fast_passwords(settings):
 
 
 @pytest.fixture
-def queue(settings) -> str:
+def queue(settings):
     """The queue the test's workers consume and its tasks go to.
 
     On a shared broker (the CI Redis) a queue of this test's own, so no other process's worker
@@ -39,8 +39,18 @@ def queue(settings) -> str:
     leave a file per queue in ./control), so it keeps the default queue there.
     """
     if settings.CELERY_BROKER_URL.startswith("filesystem"):
-        return "celery"
-    return f"budget-test-{uuid.uuid4().hex[:12]}"
+        yield "celery"
+        return
+    name = f"budget-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    from kombu import Exchange, Queue
+
+    from llmcost_project.celery import app
+
+    with app.connection_for_write() as connection:  # leave no queue or binding keys on the broker
+        bound = Queue(name, Exchange(name), routing_key=name).bind(connection.default_channel)
+        bound.declare()  # the channel forgets bindings it did not declare itself
+        bound.delete()
 
 
 def logs(*workers) -> str:

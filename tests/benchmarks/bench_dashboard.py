@@ -713,21 +713,25 @@ def cpu_snapshot(server_pid: int | None, db_name: str) -> dict[str, float]:
 
 
 def cpu_used(before: dict, after: dict, wall: float) -> dict[str, float]:
-    used = {key: (after[key] - before[key]) / wall for key in before}
+    # max(0, …): a process that exits between the snapshots takes its CPU time with it.
+    used = {key: max(0.0, (after[key] - before[key]) / wall) for key in before}
     used["other"] = max(0.0, used["busy"] - used["client"] - used["gunicorn"] - used["postgres"])
     return used
 
 
 def wait_for_quiet(args) -> float:
     """Wait (at most --quiet-wait s) until other processes use < 0.25 cores; returns their use."""
-    deadline = time.monotonic() + args.quiet_wait
+    started = time.monotonic()
+    deadline = started + args.quiet_wait
     while True:
         before = cpu_snapshot(None, args.db_name)
         time.sleep(1.0)
         other = cpu_used(before, cpu_snapshot(None, args.db_name), 1.0)["other"]
         if other < 0.25 or time.monotonic() >= deadline:
+            if time.monotonic() - started > 1.5:
+                verdict = "quiet now" if other < 0.25 else "going on anyway"
+                log(f"  waited {time.monotonic() - started:.0f} s for other processes ({other:.2f} cores): {verdict}")
             return other
-        log(f"  the machine is busy ({other:.2f} cores used by other processes); waiting")
 
 
 class Phase:
@@ -1148,7 +1152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=50, help="sequential dashboard requests per range")
     parser.add_argument("--budget-requests", type=int, default=5000, help="budget checks per run (default 5,000)")
     parser.add_argument("--budget-clients", type=int, default=50, help="concurrent budget-check clients")
-    parser.add_argument("--budget-seconds", type=float, default=60.0, help="time bound of a budget-check run")
+    parser.add_argument("--budget-seconds", type=float, default=120.0, help="time bound of a budget-check run")
     parser.add_argument(
         "--budget-pace", type=float, default=0.5,
         help="after the closed loop, a paced run at this fraction of its rate (0: skip)",
@@ -1163,10 +1167,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
     parser.add_argument("--load-seconds", type=float, default=1800.0, help="time bound of one load")
-    parser.add_argument("--rollup-seconds", type=float, default=3600.0, help="time bound of one rollup run")
+    parser.add_argument("--rollup-seconds", type=float, default=7200.0, help="time bound of one rollup run")
     parser.add_argument("--dashboard-seconds", type=float, default=300.0, help="time bound per dashboard range")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to this long for a quiet machine")
-    parser.add_argument("--max-seconds", type=int, default=3 * 3600, help="the whole run stops after this")
+    parser.add_argument("--max-seconds", type=int, default=6 * 3600, help="the whole run stops after this")
     args = parser.parse_args(argv)
     try:
         sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]

@@ -731,6 +731,9 @@ def track_phase(
         f"{result.connects} TCP connection(s)"
     )
     log("  " + result.cpu)
+    if result.ok:
+        per_request = 1000 * (result.used["gunicorn"] + result.used["postgres"]) * result.wall / result.ok
+        log(f"  server CPU per request: {per_request:.1f} ms (gunicorn + PostgreSQL)")
     failures.extend(result.failures[:10])
     if len(result.failures) > 10:
         failures.append(f"... and {len(result.failures) - 10} more /track failures")
@@ -853,6 +856,13 @@ def main(argv=None) -> int:
             f"{batch.connects} TCP connection(s)"
         )
         log("  " + batch.cpu)
+        batch_cpu_ms = 1000 * (batch.used["gunicorn"] + batch.used["postgres"]) * batch.wall / (batch.ok / 1000)
+        log(
+            f"  server CPU per 1,000 events: {batch_cpu_ms:.0f} ms (gunicorn "
+            f"{1000 * batch.used['gunicorn'] * batch.wall / (batch.ok / 1000):.0f} + PostgreSQL "
+            f"{1000 * batch.used['postgres'] * batch.wall / (batch.ok / 1000):.0f}) → at most "
+            f"{os.cpu_count() * 1_000_000 / batch_cpu_ms:,.0f} events/s on {os.cpu_count()} idle cores"
+        )
         if batch.timed_out:
             failures.append(f"batch phase hit its {args.batch_seconds:.0f} s bound")
         failures.extend(batch.failures[:10])
@@ -895,6 +905,8 @@ def main(argv=None) -> int:
             f"clients, closed loop ({closed.rate:,.0f} req/s, the server's ceiling)",
             f"server:       gunicorn, {args.workers} {worker_class} worker(s) × {args.threads} thread(s); "
             f"PostgreSQL {server_version(args)}; {os.cpu_count()} CPU cores shared with the load generator",
+            f"server CPU:   {batch_cpu_ms:.0f} ms per 1,000 batched events (gunicorn + PostgreSQL), "
+            f"so at most {os.cpu_count() * 1_000_000 / batch_cpu_ms:,.0f} events/s on {os.cpu_count()} idle cores",
         ]
         if paced:
             summary.insert(
