@@ -116,10 +116,12 @@ def budget_status(budget: Budget, now: datetime | None = None, *, fresh: bool = 
     now = now or datetime.now(UTC)
     start, end = budget_period(budget, now)
     key = f"budget-spend:{budget.pk}:{start.isoformat()}"
-    spend = None if fresh else cache.get(key)
+    use_cache = not fresh and settings.BUDGET_SPEND_CACHE_SECONDS > 0
+    spend = cache.get(key) if use_cache else None
     if spend is None:
         spend = budget_spend(budget, start, end, now)
-        cache.set(key, spend, settings.BUDGET_SPEND_CACHE_SECONDS)
+        if use_cache:
+            cache.set(key, spend, settings.BUDGET_SPEND_CACHE_SECONDS)
     return BudgetStatus(budget=budget, period_start=start, period_end=end, spend=spend, now=now)
 
 

@@ -243,20 +243,28 @@ def budgets_evaluate(*, now: datetime | None = None) -> int:
 
 
 CLAIM_TIMEOUT = timedelta(minutes=10)  # a claim older than this belonged to a worker that died
+# A failing alert is retried at every run at first, then with a growing pause (up to an hour),
+# and never given up: an SMTP outage delays alerts, it does not lose them.
+RETRY_AT_EVERY_RUN = 5
+
+
+def alert_retry_after(alert: BudgetAlert) -> datetime:
+    pause = timedelta(minutes=min(2 ** (alert.attempts - RETRY_AT_EVERY_RUN), 60))
+    return (alert.last_attempt_at or alert.created_at) + pause
 
 
 def budget_alerts_send(*, now: datetime | None = None) -> int:
     """Send unsent alerts; each is claimed by a conditional update so only one worker sends it."""
     now = now or datetime.now(UTC)
     sent = 0
-    pending = BudgetAlert.objects.filter(
-        sent_at__isnull=True, attempts__lt=settings.BUDGET_ALERT_MAX_ATTEMPTS
-    ).select_related("budget__organization", "budget__team")
+    pending = BudgetAlert.objects.filter(sent_at__isnull=True).select_related("budget__organization", "budget__team")
     for alert in pending:
+        if alert.attempts >= RETRY_AT_EVERY_RUN and now < alert_retry_after(alert):
+            continue
         claimed = (
             BudgetAlert.objects.filter(pk=alert.pk, sent_at__isnull=True)
             .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
-            .update(claimed_at=now, attempts=F("attempts") + 1)
+            .update(claimed_at=now, last_attempt_at=now, attempts=F("attempts") + 1)
         )
         if claimed != 1:
             continue

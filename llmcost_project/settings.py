@@ -279,12 +279,13 @@ WHITENOISE_MANIFEST_STRICT = False
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "celery-broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:
@@ -312,7 +313,5 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Budget spend is cached this long per budget for budget checks and ingest answers.
 BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
-# How many times a failing alert email is retried (once per evaluation run) before giving up.
-BUDGET_ALERT_MAX_ATTEMPTS = env_int("BUDGET_ALERT_MAX_ATTEMPTS", 5, minimum=1)
 # Where links in emails point.
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
