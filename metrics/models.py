@@ -137,14 +137,16 @@ class DirtyDay(models.Model):
 class Rollup(models.Model):
     """Totals of the events of one bucket (hour or day) for one team, model and user.
 
-    Each bucket also has one row per team and model with `is_team_total` set, summing all users,
-    so organization and team views read a few rows per bucket instead of one per user.
+    Each bucket also has team-total rows (`is_team_total`), one per team, model and query type,
+    summing all users, so organization and team views read a few rows per bucket instead of one
+    per user.
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
     model = models.CharField(max_length=200)
     user_id = models.CharField(max_length=255, blank=True)
+    query_type = models.CharField(max_length=100, blank=True, help_text="Set on team-total rows only.")
     is_team_total = models.BooleanField(default=False)
     start = models.DateTimeField()
 
@@ -174,7 +176,7 @@ class HourlyRollup(Rollup):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["organization", "start", "team", "model", "user_id", "is_team_total"],
+                fields=["organization", "start", "team", "model", "user_id", "query_type", "is_team_total"],
                 name="hourly_rollup_unique",
             )
         ]
@@ -188,7 +190,7 @@ class DailyRollup(Rollup):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["organization", "start", "team", "model", "user_id", "is_team_total"],
+                fields=["organization", "start", "team", "model", "user_id", "query_type", "is_team_total"],
                 name="daily_rollup_unique",
             )
         ]

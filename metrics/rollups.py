@@ -104,35 +104,31 @@ class _Totals:
 
 
 def _build_rows(model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]]):
-    """Rows per (team, model, user) plus one team-total row per (team, model)."""
+    """Rows per (team, model, user), and team-total rows per (team, model, query type).
+
+    `groups` yields ((team_id, model, user_id, query_type), sums, latency counts); either of
+    user_id and query_type may be None when the source does not carry it (daily rebuilds read
+    per-user and team-total hourly rows separately).
+    """
     per_user: dict[tuple, _Totals] = {}
     per_team: dict[tuple, _Totals] = {}
-    for (team_id, model, user_id), values, latency in groups:
-        per_user.setdefault((team_id, model, user_id), _Totals()).add(values, latency)
-        per_team.setdefault((team_id, model), _Totals()).add(values, latency)
+    for (team_id, model, user_id, query_type), values, latency in groups:
+        if user_id is not None:
+            per_user.setdefault((team_id, model, user_id), _Totals()).add(values, latency)
+        if query_type is not None:
+            per_team.setdefault((team_id, model, query_type), _Totals()).add(values, latency)
+    common = {"organization_id": organization_id, "start": start}
     rows = [
         totals.row(
-            model_class,
-            organization_id=organization_id,
-            start=start,
-            team_id=team_id,
-            model=model,
-            user_id=user_id,
-            is_team_total=False,
+            model_class, **common, team_id=team_id, model=model, user_id=user_id, query_type="", is_team_total=False
         )
         for (team_id, model, user_id), totals in per_user.items()
     ]
     rows += [
         totals.row(
-            model_class,
-            organization_id=organization_id,
-            start=start,
-            team_id=team_id,
-            model=model,
-            user_id="",
-            is_team_total=True,
+            model_class, **common, team_id=team_id, model=model, user_id="", query_type=query_type, is_team_total=True
         )
-        for (team_id, model), totals in per_team.items()
+        for (team_id, model, query_type), totals in per_team.items()
     ]
     return rows
 
@@ -141,7 +137,7 @@ def _hour_groups(organization_id: int, hour: datetime):
     """One grouped query over the hour's raw events: sums per team, model, user and latency bucket."""
     grouped = (
         UsageEvent.objects.filter(organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR)
-        .values("team_id", "model", "user_id", bucket=sketch.bucket_expression())
+        .values("team_id", "model", "user_id", "query_type", bucket=sketch.bucket_expression())
         .annotate(
             requests=Count("id"),
             prompt_tokens=Sum("prompt_tokens"),
@@ -159,7 +155,8 @@ def _hour_groups(organization_id: int, hour: datetime):
         .order_by()
     )
     for row in grouped:
-        yield (row["team_id"], row["model"], row["user_id"]), row, {row["bucket"]: row["requests"]}
+        key = (row["team_id"], row["model"], row["user_id"], row["query_type"])
+        yield key, row, {row["bucket"]: row["requests"]}
 
 
 def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
@@ -193,14 +190,20 @@ def day_rollup_refresh(*, organization_id: int, day: datetime) -> bool:
         seen_version = (
             DirtyDay.objects.filter(organization_id=organization_id, day=day).values_list("version", flat=True).first()
         )
-        hourly = HourlyRollup.objects.filter(
-            organization_id=organization_id, start__gte=day, start__lt=day + DAY, is_team_total=False
-        ).values("team_id", "model", "user_id", "latency_sketch", *SUM_FIELDS)
-        groups = (
-            ((row["team_id"], row["model"], row["user_id"]), row, {int(k): v for k, v in row["latency_sketch"].items()})
-            for row in hourly.iterator(chunk_size=5000)
+        hourly = HourlyRollup.objects.filter(organization_id=organization_id, start__gte=day, start__lt=day + DAY)
+        rows_of_day = hourly.values(
+            "team_id", "model", "user_id", "query_type", "is_team_total", "latency_sketch", *SUM_FIELDS
         )
-        rows = _build_rows(DailyRollup, organization_id, day, groups)
+
+        def groups():
+            for row in rows_of_day.iterator(chunk_size=5000):
+                if row["is_team_total"]:
+                    key = (row["team_id"], row["model"], None, row["query_type"])
+                else:
+                    key = (row["team_id"], row["model"], row["user_id"], None)
+                yield key, row, {int(index): count for index, count in row["latency_sketch"].items()}
+
+        rows = _build_rows(DailyRollup, organization_id, day, groups())
         DailyRollup.objects.filter(organization_id=organization_id, start=day).delete()
         DailyRollup.objects.bulk_create(rows, batch_size=1000)
         if seen_version is not None:
