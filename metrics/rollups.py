@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import reduce
+from operator import or_
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -164,15 +166,19 @@ def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
     with transaction.atomic():
         if not _try_lock("hour", organization_id, hour.isoformat()):
             return False
-        if hour < retention_cutoff():
-            # Its raw events are (being) pruned: recomputing would erase rollups we cannot rebuild.
-            DirtyHour.objects.filter(organization_id=organization_id, hour=hour).delete()
-            return True
         seen_version = (
             DirtyHour.objects.filter(organization_id=organization_id, hour=hour)
             .values_list("version", flat=True)
             .first()
         )
+        events = UsageEvent.objects.filter(
+            organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR
+        )
+        if hour < retention_cutoff() and not events.exists():
+            # Pruned (whole hours are pruned, and never while dirty): its rollups are all that is
+            # left, so a stray mark must not replace them with nothing.
+            DirtyHour.objects.filter(organization_id=organization_id, hour=hour).delete()
+            return True
         rows = _build_rows(HourlyRollup, organization_id, hour, _hour_groups(organization_id, hour))
         HourlyRollup.objects.filter(organization_id=organization_id, start=hour).delete()
         HourlyRollup.objects.bulk_create(rows, batch_size=1000)
@@ -246,12 +252,23 @@ def retention_cutoff(now: datetime | None = None) -> datetime:
 
 
 def raw_events_prune(*, chunk_size: int = 5000, time_budget_seconds: float = 300.0) -> int:
-    """Delete raw events older than the retention window in bounded chunks; rollups are kept."""
+    """Delete raw events older than the retention window in bounded chunks; rollups are kept.
+
+    Whole hours go at once, and never an hour still marked dirty: its rollup must be computed from
+    its complete raw events first. (An hour is thus either intact or gone, so recomputing any
+    dirty hour is always safe.)
+    """
     cutoff = retention_cutoff()
+    old = UsageEvent.objects.filter(timestamp__lt=cutoff)
+    pending = list(DirtyHour.objects.filter(hour__lt=cutoff).values_list("organization_id", "hour"))
+    if pending:
+        old = old.exclude(
+            reduce(or_, (Q(organization_id=o, timestamp__gte=h, timestamp__lt=h + HOUR) for o, h in pending))
+        )
     deadline = time.monotonic() + time_budget_seconds
     deleted = 0
     while time.monotonic() < deadline:
-        ids = list(UsageEvent.objects.filter(timestamp__lt=cutoff).values_list("id", flat=True)[:chunk_size])
+        ids = list(old.values_list("id", flat=True)[:chunk_size])
         if not ids:
             break
         deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]

@@ -84,6 +84,9 @@ def test_it_answers_the_ingest_token_and_the_read_token_alike(world):
     new_budget(world.acme, "10", team=world.chatbot, hard=True, name="chatbot")
     ingest(world.ingest, costing("3"))
     answers = [ok(token, team_alias="chatbot") for token in (world.ingest, world.read, world.both)]
+    for answer in answers:  # the projection moves with the clock between the three calls
+        for budget in answer["budgets"]:
+            budget.pop("projected_spend")
     assert answers[0] == answers[1] == answers[2]
     assert answers[0]["allowed"] is True
     assert money(answers[0]["budgets"][0]["spend"]) == Decimal(3)
