@@ -2,9 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from teams.web import home
+
 from .health import healthz, readyz
 
 urlpatterns = [
+    path("", home, name="home"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("o/<slug:org_slug>/", include("metrics.web_urls")),
+    path("o/<slug:org_slug>/", include("teams.web_urls")),
+    path("o/<slug:org_slug>/", include("billing.web_urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("metrics.urls")),
     path("api/v1/", include("billing.urls")),

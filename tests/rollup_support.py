@@ -27,7 +27,7 @@ DAY = timedelta(days=1)
 EVENT_FIELDS = (
     "organization_id", "team_id", "timestamp", "model", "user_id", "prompt_tokens", "output_tokens",
     "cached_tokens", "total_tokens", "cost", "status", "cache_hit", "is_priced", "latency_ms",
-    "time_to_first_token_ms",
+    "time_to_first_token_ms", "query_type",
 )
 INT_FIELDS = ("requests", "prompt_tokens", "output_tokens", "cached_tokens", "total_tokens", "errors",
               "cache_hits", "unpriced", "ttft_count")
@@ -76,6 +76,9 @@ def random_event(rng: random.Random, *, moment: datetime, request_id: str, teams
     user = rng.choice(users)
     if user is not None:
         body["user_id"] = user
+    query_type = rng.choice(("chat", "rag", None))
+    if query_type is not None:
+        body["query_type"] = query_type
     return body
 
 
@@ -229,15 +232,18 @@ def _empty() -> dict:
 
 
 def expected_rollups(bucket_of, organization_ids=None) -> dict[tuple, dict]:
-    """(org, start, team, model, user_id, is_team_total) -> sums, for every bucket (hour or day) with events."""
+    """(org, start, team, model, user_id, query_type, is_team_total) -> sums, per bucket (hour or day).
+
+    Per-user rows have query_type ""; team-total rows (user_id "") are kept per query type.
+    """
     rows: dict[tuple, dict] = defaultdict(_empty)
     events = UsageEvent.objects.values(*EVENT_FIELDS)
     if organization_ids is not None:
         events = events.filter(organization_id__in=organization_ids)
     for e in events:
         start = bucket_of(e["timestamp"])
-        for key in ((e["organization_id"], start, e["team_id"], e["model"], e["user_id"], False),
-                    (e["organization_id"], start, e["team_id"], e["model"], "", True)):
+        for key in ((e["organization_id"], start, e["team_id"], e["model"], e["user_id"], "", False),
+                    (e["organization_id"], start, e["team_id"], e["model"], "", e["query_type"], True)):
             r = rows[key]
             r["requests"] += 1
             for name in ("prompt_tokens", "output_tokens", "cached_tokens", "total_tokens"):
@@ -263,7 +269,7 @@ def rollup_table(model_class, organization_ids=None) -> tuple[dict[tuple, dict],
     for row in rows.values():
         count += 1
         key = (row["organization_id"], row["start"], row["team_id"], row["model"], row["user_id"],
-               row["is_team_total"])
+               row["query_type"], row["is_team_total"])
         table[key] = row
     return table, count
 

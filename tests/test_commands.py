@@ -7,7 +7,9 @@ import stat
 from io import StringIO
 
 import pytest
-from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth import authenticate as _authenticate
+from django.contrib.auth import get_user_model
+from django.test import RequestFactory
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -21,6 +23,11 @@ TOKEN_LINE = re.compile(r"^lc_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}$")
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def authenticate(**credentials):
+    """Log in as the login page does (django-axes needs the request)."""
+    return _authenticate(RequestFactory().post("/accounts/login/"), **credentials)
 
 
 def run(*args, **options) -> str:
