@@ -17,13 +17,13 @@ from functools import reduce
 from operator import or_
 
 from django.db import connection
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Avg, Count, F, FloatField, Q, QuerySet, Sum
+from django.db.models.functions import TruncDay, TruncHour
 
 from teams.access import AccessScope
 
 from . import sketch
-from .models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup, UsageEvent
+from .models import BatchRun, CacheStat, DailyRollup, DirtyDay, DirtyHour, HourlyRollup, UsageEvent
 from .rollups import DAY, HOUR, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
@@ -36,6 +36,9 @@ class EventFilter:
     team_alias: str | None = None
     model: str | None = None
     user_id: str | None = None
+    # The team named by team_alias, when the caller already resolved it through the scope (saves
+    # a lookup per source); the scope still restricts every query, so it cannot widen one.
+    team_id: int | None = None
 
 
 # --- which source serves which part of a range ---------------------------------------------------
@@ -131,7 +134,9 @@ def _filtered(
     scope: AccessScope, queryset: QuerySet, filters: EventFilter, *, rollup: bool, per_user: bool = False
 ) -> QuerySet:
     queryset = scope.filter(queryset)
-    if filters.team_alias:
+    if filters.team_id is not None:
+        queryset = queryset.filter(team_id=filters.team_id)
+    elif filters.team_alias:
         queryset = queryset.filter(team=scope.team(filters.team_alias))
     if filters.model:
         # The seed's model_filter matches a family ("gpt-4" finds gpt-4 and gpt-4o).
@@ -144,8 +149,11 @@ def _filtered(
     return queryset
 
 
-def _sources(scope: AccessScope, filters: EventFilter, *, per_user: bool = False) -> _Sources:
-    plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
+def _sources(
+    scope: AccessScope, filters: EventFilter, *, per_user: bool = False, plan: SourcePlan | None = None
+) -> _Sources:
+    if plan is None:
+        plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
     days, hours, raw = _within(plan.days, "start"), _within(plan.hours, "start"), _within(plan.raw, "timestamp")
 
     def source(queryset: QuerySet, within: Q | None, *, rollup: bool) -> QuerySet | None:
@@ -215,22 +223,46 @@ def _hourly_trend(scope: AccessScope, filters: EventFilter, sources: _Sources) -
 
 def _rollup_sketch(queryset: QuerySet) -> dict[int, int]:
     """Merge the latency sketches of many rollup rows inside the database."""
-    sql, params = queryset.values("latency_sketch").query.sql_with_params()
+    return _rollup_sketches_by_start(queryset, by_start=False).get(None, {})
+
+
+def _rollup_sketches_by_start(queryset: QuerySet, *, by_start: bool = True) -> dict[datetime | None, dict[int, int]]:
+    """Merged latency sketches per rollup `start` (or all under None), merged inside the database."""
+    columns = ("start", "latency_sketch") if by_start else ("latency_sketch",)
+    sql, params = queryset.values(*columns).query.sql_with_params()
+    start, group_by = ("s.start, ", "1, 2") if by_start else ("", "1")
     if connection.vendor == "postgresql":
         merge_sql = (
-            f"SELECT e.key::int, SUM(e.value::bigint) FROM ({sql}) AS s "  # noqa: S608 -- built by the ORM
-            "CROSS JOIN LATERAL jsonb_each_text(s.latency_sketch) AS e GROUP BY 1"
+            f"SELECT {start}e.key::int, SUM(e.value::bigint) FROM ({sql}) AS s "  # noqa: S608 -- built by the ORM
+            f"CROSS JOIN LATERAL jsonb_each_text(s.latency_sketch) AS e GROUP BY {group_by}"
         )
     elif connection.vendor == "sqlite":
         merge_sql = (
-            f"SELECT CAST(e.key AS INTEGER), SUM(e.value) FROM ({sql}) AS s, "  # noqa: S608 -- built by the ORM
-            "json_each(s.latency_sketch) AS e GROUP BY 1"
+            f"SELECT {start}CAST(e.key AS INTEGER), SUM(e.value) FROM ({sql}) AS s, "  # noqa: S608 -- built by the ORM
+            f"json_each(s.latency_sketch) AS e GROUP BY {group_by}"
         )
     else:  # pragma: no cover - other databases merge in Python
-        return sketch.merge(queryset.values_list("latency_sketch", flat=True))
+        merged: dict[datetime | None, dict[int, int]] = {}
+        for row in queryset.values(*columns):
+            key = row["start"] if by_start else None
+            merged[key] = sketch.merge([merged.get(key, {}), row["latency_sketch"]])
+        return merged
+    merged = {}
     with connection.cursor() as cursor:
         cursor.execute(merge_sql, params)
-        return {int(index): int(count) for index, count in cursor.fetchall()}
+        for row in cursor.fetchall():
+            bucket = merged.setdefault(_as_utc(row[0]) if by_start else None, {})
+            bucket[int(row[-2])] = int(row[-1])
+    return merged
+
+
+def _as_utc(value) -> datetime:
+    """A datetime read through a raw cursor (SQLite hands back text) as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _latency_sketch(sources: _Sources) -> dict[int, int]:
@@ -352,3 +384,346 @@ def top_usage(*, scope: AccessScope, filters: EventFilter, dimension: str, limit
             entry["requests"] += row["requests"]
     ranked = sorted(totals.items(), key=lambda item: (-item[1]["cost"], item[0]))[:limit]
     return [{"name": name, **values} for name, values in ranked]
+
+
+# --- the dashboard page ----------------------------------------------------------------------------
+#
+# One pass over the same three sources gives every breakdown the page shows: the rollup rows
+# grouped by (team, model, query type) in the database, then split in Python into per-model,
+# per-team and per-query-type figures whose totals are the page's KPIs. Nothing here runs a query
+# per row, team or model.
+
+HOURLY_UP_TO = timedelta(days=7)  # ranges up to this are charted per hour, longer ones per UTC day
+BATCH_SPLIT_UP_TO = timedelta(days=7)  # the batched/unbatched split reads raw events: short ranges only
+
+_PANEL_FIELDS = (
+    "requests",
+    "prompt_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "cost",
+    "errors",
+    "cache_hits",
+    "unpriced",
+    "latency_sum_ms",
+    "ttft_sum_ms",
+    "ttft_count",
+)
+_ROLLUP_PANEL_SUMS = {name: Sum(name) for name in _PANEL_FIELDS}
+_RAW_PANEL_SUMS = {
+    **_RAW_SUMS,
+    "prompt_tokens": Sum("prompt_tokens"),
+    "output_tokens": Sum("output_tokens"),
+    "cached_tokens": Sum("cached_tokens"),
+    "ttft_sum_ms": Sum("time_to_first_token_ms"),
+    "ttft_count": Count("time_to_first_token_ms"),
+}
+LATENCY_EDGES_MS = (100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+def _zero() -> dict:
+    return {**dict.fromkeys(_PANEL_FIELDS, 0), "cost": Decimal(0), "latency_sum_ms": 0.0, "ttft_sum_ms": 0.0}
+
+
+def _accumulate(into: dict, row: dict) -> dict:
+    for name in _PANEL_FIELDS:
+        into[name] += row[name] or 0
+    return into
+
+
+def kpi_figures(sums: dict) -> dict:
+    """The six headline figures from summed fields (same rounding as `dashboard_metrics`)."""
+    requests = sums["requests"]
+    return {
+        "total_cost": sums["cost"],
+        "total_tokens": sums["total_tokens"],
+        "total_requests": requests,
+        "avg_latency_ms": round(sums["latency_sum_ms"] / requests, 3) if requests else None,
+        "cache_hit_rate": round(100 * sums["cache_hits"] / requests, 2) if requests else None,
+        "error_rate": round(100 * sums["errors"] / requests, 2) if requests else None,
+        "unpriced_requests": sums["unpriced"],
+    }
+
+
+def with_team(scope: AccessScope, filters: EventFilter) -> EventFilter:
+    """Resolve the filter's team alias once through the scope (404 for a team the user cannot see)."""
+    if not filters.team_alias or filters.team_id is not None:
+        return filters
+    return EventFilter(
+        start=filters.start,
+        end=filters.end,
+        team_alias=filters.team_alias,
+        model=filters.model,
+        user_id=filters.user_id,
+        team_id=scope.team(filters.team_alias).pk,
+    )
+
+
+def granularity_for(filters: EventFilter) -> str:
+    return "hour" if filters.end - filters.start <= HOURLY_UP_TO else "day"
+
+
+def bucket_starts(start: datetime, end: datetime, granularity: str) -> list[datetime]:
+    floor, step = (hour_of, HOUR) if granularity == "hour" else (day_of, DAY)
+    moment, starts = floor(start), []
+    while moment < end:
+        starts.append(moment)
+        moment += step
+    return starts
+
+
+def latency_histogram(merged: dict[int, int]) -> list[dict]:
+    """Counts per human-sized latency bucket, from a merged sketch (each value within 1 %)."""
+    counts = [0] * (len(LATENCY_EDGES_MS) + 1)
+    for index, count in merged.items():
+        value = sketch.bucket_value(index)
+        position = sum(1 for edge in LATENCY_EDGES_MS if value >= edge)
+        counts[position] += count
+    bounds = [None, *LATENCY_EDGES_MS, None]
+    return [{"from_ms": bounds[i], "to_ms": bounds[i + 1], "count": counts[i]} for i in range(len(counts))]
+
+
+def period_totals(*, scope: AccessScope, filters: EventFilter) -> dict:
+    """Summed fields for a range (the previous period's KPIs): at most a few queries."""
+    sources = _sources(scope, filters)
+    totals = _zero()
+    for queryset in sources.rollups:
+        _accumulate(totals, queryset.aggregate(**_ROLLUP_PANEL_SUMS))
+    if sources.raw is not None:
+        _accumulate(totals, sources.raw.aggregate(**_RAW_PANEL_SUMS))
+    return totals
+
+
+def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
+    """Everything the dashboard charts for one scope, range and filter set, from rollups plus the raw tail.
+
+    Returns totals; per model, team and query type sums; a time series (per hour up to 7 days, else
+    per UTC day) with cost, tokens, requests, TTFT sums and P50/P95/P99 from the bucket's merged
+    latency sketch; the whole range's merged sketch and its percentiles; the top users.
+    """
+    filters = with_team(scope, filters)
+    granularity = granularity_for(filters)
+    plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
+    sources = _sources(scope, filters, plan=plan)
+
+    # 1. (team, model, query type) groups: team-total rollup rows carry the query type; per-user
+    #    rows (used when a user filter is set) do not, so query types are then unknown.
+    per_user_rows = filters.user_id is not None
+    groups: dict[tuple, dict] = {}
+    keys = ("team_id", "model", "query_type")
+    for queryset in sources.rollups:
+        for row in queryset.values(*keys).annotate(**_ROLLUP_PANEL_SUMS).order_by():
+            _accumulate(groups.setdefault(tuple(row[k] for k in keys), _zero()), row)
+    if sources.raw is not None:
+        for row in sources.raw.values(*keys).annotate(**_RAW_PANEL_SUMS).order_by():
+            key = (row["team_id"], row["model"], "" if per_user_rows else row["query_type"])
+            _accumulate(groups.setdefault(key, _zero()), row)
+    totals, models, teams, query_types = _zero(), {}, {}, {}
+    for (team_id, model, query_type), sums in groups.items():
+        _accumulate(totals, sums)
+        _accumulate(models.setdefault(model, _zero()), sums)
+        _accumulate(teams.setdefault(team_id, _zero()), sums)
+        _accumulate(query_types.setdefault(query_type, _zero()), sums)
+
+    # 2. The time series. Hourly charts read hourly rows for whole clean days too (they are kept).
+    floor = hour_of if granularity == "hour" else day_of
+    if granularity == "hour":
+        within = _within(plan.hours + plan.days, "start")
+        series_rollups = [] if within is None else [
+            _filtered(scope, HourlyRollup.objects.filter(within), filters, rollup=True)
+        ]
+    else:
+        series_rollups = sources.rollups
+    series = {start: _zero() for start in bucket_starts(filters.start, filters.end, granularity)}
+    sketches: dict[datetime, dict[int, int]] = {start: {} for start in series}
+    for queryset in series_rollups:
+        for row in queryset.values("start").annotate(**_ROLLUP_PANEL_SUMS).order_by():
+            _accumulate(series.setdefault(floor(row["start"]), _zero()), row)
+        for start, part in _rollup_sketches_by_start(queryset).items():
+            sketches[floor(start)] = sketch.merge([sketches.get(floor(start), {}), part])
+    if sources.raw is not None:
+        per_hour = sources.raw.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+        for row in per_hour.values("hour").annotate(**_RAW_PANEL_SUMS).order_by():
+            _accumulate(series.setdefault(floor(row["hour"]), _zero()), row)
+        buckets = per_hour.values("hour", bucket=sketch.bucket_expression()).annotate(n=Count("id")).order_by()
+        for row in buckets:
+            part = sketches.setdefault(floor(row["hour"]), {})
+            part[row["bucket"]] = part.get(row["bucket"], 0) + row["n"]
+    merged = sketch.merge(sketches.values())
+
+    # 3. Who spends: users from the per-user rows (the same plan, so no second look at dirty marks).
+    users: dict[str, dict] = {}
+    user_sources = _sources(scope, filters, per_user=True, plan=plan)
+    for queryset in user_sources.rollups:
+        for row in queryset.values("user_id").annotate(**_ROLLUP_PANEL_SUMS).order_by():
+            _accumulate(users.setdefault(row["user_id"], _zero()), row)
+    if user_sources.raw is not None:
+        for row in user_sources.raw.values("user_id").annotate(**_RAW_PANEL_SUMS).order_by():
+            _accumulate(users.setdefault(row["user_id"], _zero()), row)
+
+    def costliest(items: dict) -> dict:
+        return dict(sorted(items.items(), key=lambda item: (-item[1]["cost"], str(item[0]))))
+
+    return {
+        "start": filters.start,
+        "end": filters.end,
+        "granularity": granularity,
+        "totals": totals,
+        "kpis": kpi_figures(totals),
+        "models": costliest(models),
+        "teams": costliest(teams),
+        "query_types": None if per_user_rows else costliest(query_types),
+        "users": costliest(users),
+        "series": [
+            {
+                "start": start,
+                **sums,
+                "percentiles": sketch.quantiles(sketches.get(start, {}), PERCENTILES),
+            }
+            for start, sums in sorted(series.items())
+        ],
+        "latency_percentiles_ms": sketch.quantiles(merged, PERCENTILES),
+        "latency_histogram": latency_histogram(merged),
+    }
+
+
+def cache_report(*, scope: AccessScope, filters: EventFilter, granularity: str) -> dict:
+    """Clients' own cache reports (CacheStat) per bucket: hits, misses and lookup time. One query.
+
+    Reports carry a team but no model or user, so only the range and team filters apply. The
+    lookup time of a bucket is the reports' average weighted by their lookups (hits + misses).
+    """
+    filters = with_team(scope, filters)
+    stats = scope.filter(CacheStat.objects.filter(timestamp__gte=filters.start, timestamp__lt=filters.end))
+    if filters.team_id is not None:
+        stats = stats.filter(team_id=filters.team_id)
+    trunc = (TruncHour if granularity == "hour" else TruncDay)("timestamp", tzinfo=UTC)
+    rows = (
+        stats.annotate(bucket=trunc)
+        .values("bucket")
+        .annotate(
+            hits=Sum("cache_hit"),
+            misses=Sum("cache_miss"),
+            weighted_ms=Sum(
+                F("avg_cache_lookup_time_ms") * (F("cache_hit") + F("cache_miss")), output_field=FloatField()
+            ),
+            plain_ms=Sum("avg_cache_lookup_time_ms"),
+            reports=Count("id"),
+        )
+        .order_by()
+    )
+
+    def lookup_ms(row: dict) -> float | None:
+        lookups = row["hits"] + row["misses"]
+        if lookups:
+            return row["weighted_ms"] / lookups
+        return row["plain_ms"] / row["reports"] if row["reports"] else None
+
+    total = {"hits": 0, "misses": 0, "weighted_ms": 0.0, "plain_ms": 0.0, "reports": 0}
+    series = {}
+    for row in rows:
+        row = {key: row[key] or 0 for key in ("hits", "misses", "weighted_ms", "plain_ms", "reports")} | {
+            "bucket": row["bucket"]
+        }
+        for key in total:
+            total[key] += row[key]
+        series[row["bucket"]] = {"hits": row["hits"], "misses": row["misses"], "lookup_ms": lookup_ms(row)}
+    return {
+        "reports": total["reports"],
+        "hits": total["hits"],
+        "misses": total["misses"],
+        "lookup_ms": lookup_ms(total),
+        "series": series,
+    }
+
+
+def batch_report(*, scope: AccessScope, filters: EventFilter, totals: dict) -> dict:
+    """Batching: BatchRun records for the range and team, and (for ranges up to 7 days) the split of
+    the events flagged `is_batched` against the rest.
+
+    `totals` are the range's summed event fields (from `dashboard_panels`), so the unbatched side
+    is exact without a second pass. The split reads raw events (rollups do not keep the flag),
+    which is why it is limited to short ranges.
+    """
+    filters = with_team(scope, filters)
+    runs = scope.filter(BatchRun.objects.filter(timestamp__gte=filters.start, timestamp__lt=filters.end))
+    if filters.team_id is not None:
+        runs = runs.filter(team_id=filters.team_id)
+    records = runs.aggregate(
+        batches=Count("id"),
+        batched_requests=Sum("batch_size"),
+        tokens=Sum("total_tokens"),
+        cost=Sum("batch_cost"),
+        avg_size=Avg("batch_size"),
+        avg_latency_ms=Avg("batch_latency_ms"),
+    )
+    report: dict = {
+        "records": {key: value or 0 for key, value in records.items()},
+        "events": None,
+    }
+    if filters.end - filters.start <= BATCH_SPLIT_UP_TO:
+        batched = (
+            scoped_events(scope=scope, filters=filters)
+            .filter(is_batched=True)
+            .aggregate(requests=Count("id"), tokens=Sum("total_tokens"), cost=Sum("cost"), avg_size=Avg("batch_size"))
+        )
+        batched = {
+            "requests": batched["requests"],
+            "tokens": batched["tokens"] or 0,
+            "cost": batched["cost"] or Decimal(0),
+            "avg_size": batched["avg_size"],
+        }
+        report["events"] = {
+            "batched": batched,
+            "unbatched": {
+                "requests": totals["requests"] - batched["requests"],
+                "tokens": totals["total_tokens"] - batched["tokens"],
+                "cost": totals["cost"] - batched["cost"],
+            },
+        }
+    return report
+
+
+def has_events(scope: AccessScope) -> bool:
+    return scope.filter(UsageEvent.objects.all()).exists()
+
+
+# --- the requests table -----------------------------------------------------------------------------
+
+# ?sort= name -> column. Nothing else reaches order_by.
+REQUEST_SORTS = {
+    "time": "timestamp",
+    "request_id": "request_id",
+    "team": "team__alias",
+    "user": "user_id",
+    "model": "model",
+    "query_type": "query_type",
+    "status": "status",
+    "prompt_tokens": "prompt_tokens",
+    "output_tokens": "output_tokens",
+    "total_tokens": "total_tokens",
+    "cost": "cost",
+    "latency": "latency_ms",
+    "ttft": "time_to_first_token_ms",
+    "cache": "cache_hit",
+    "batched": "is_batched",
+}
+DEFAULT_REQUEST_SORT = "-time"
+
+
+def request_ordering(sort: str) -> list:
+    """order_by() arguments for a whitelisted sort name (`-` for descending); ties broken by id."""
+    descending = sort.startswith("-")
+    column = REQUEST_SORTS[sort.lstrip("-")]
+    if descending:
+        return [F(column).desc(nulls_last=True), F("id").desc()]
+    return [F(column).asc(nulls_last=True), F("id").asc()]
+
+
+def request_page(*, events: QuerySet[UsageEvent], sort: str, offset: int, limit: int) -> list[dict]:
+    """One page of requests as dicts (one query; no COUNT)."""
+    rows = list(events.order_by(*request_ordering(sort)).values(*RECENT_FIELDS)[offset : offset + limit])
+    for row in rows:
+        row["team_alias"] = row.pop("team__alias")
+    return rows

@@ -1,15 +1,646 @@
-"""Pages for metrics: the dashboard and the requests table."""
+"""Pages for metrics: the dashboard (and its JSON for auto-refresh), the requests table, one request, CSV.
 
-from django.shortcuts import render
+Every read goes through the user's `AccessScope` (given by `org_page`) and the selectors in
+`metrics.selectors`; the dashboard's figures come from rollups plus the raw open tail, so they
+equal sums over raw events and cost a bounded number of queries whatever the data size.
 
+Filters live in the query string so every view can be bookmarked: range=24h|7d|30d|custom (with
+start and end), team, model (matches a family, as the API does), user, min_cost. min_cost
+selects requests; the dashboard's aggregates come from rollups, which know no single request's
+cost, so there it applies to the recent-requests panel only (the page says so).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+
+from teams.access import AccessScope
 from teams.web import org_page
+
+from .models import UsageEvent
+from .selectors import (
+    DEFAULT_REQUEST_SORT,
+    REQUEST_SORTS,
+    EventFilter,
+    batch_report,
+    bucket_starts,
+    cache_report,
+    dashboard_panels,
+    has_events,
+    kpi_figures,
+    period_totals,
+    recent_requests,
+    request_ordering,
+    request_page,
+    scoped_events,
+    with_team,
+)
+from .templatetags.metrics_format import duration_ms, full_money, per_thousand_tokens, percent, thousands, usd
+
+RANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+RANGE_LABELS = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days", "custom": "Custom range"}
+MAX_RANGE = timedelta(days=366)
+DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]
+PAGE_SIZES = (25, 50, 100)
+MAX_ROWS = 10_000  # offset pagination stops here: narrow the filters or export CSV beyond it
+RECENT_ON_DASHBOARD = 10
+CSV_CHUNK = 2000
+REFRESH_SECONDS = 30
+
+
+# --- filters ---------------------------------------------------------------------------------------
+
+
+class FilterForm(forms.Form):
+    range = forms.ChoiceField(choices=list(RANGE_LABELS.items()), required=False)
+    start = forms.DateTimeField(
+        required=False, input_formats=DATETIME_FORMATS, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    end = forms.DateTimeField(
+        required=False, input_formats=DATETIME_FORMATS, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    team = forms.CharField(required=False, max_length=100)
+    model = forms.CharField(required=False, max_length=200)
+    user = forms.CharField(required=False, max_length=255)
+    min_cost = forms.DecimalField(required=False, min_value=0, max_digits=20, decimal_places=10)
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        chosen = data.get("range") or ("custom" if data.get("start") or data.get("end") else "24h")
+        now = timezone.now()
+        if chosen == "custom":
+            start, end = data.get("start"), data.get("end") or now
+            if start is None:
+                raise ValidationError({"start": "Give a start for a custom range."})
+            if start >= end:
+                raise ValidationError({"end": "The end must be after the start."})
+            if end - start > MAX_RANGE:
+                raise ValidationError({"start": "A range may span at most 366 days."})
+        else:
+            end = now
+            start = end - RANGES[chosen]
+        data["range"] = chosen
+        data["filters"] = EventFilter(
+            start=start.astimezone(UTC),
+            end=end.astimezone(UTC),
+            team_alias=data.get("team") or None,
+            model=data.get("model") or None,
+            user_id=data.get("user") or None,
+        )
+        return data
+
+
+class RequestFilterForm(FilterForm):
+    status = forms.ChoiceField(
+        choices=[("", "Any status"), ("success", "Success"), ("error", "Error")], required=False
+    )
+    sort = forms.ChoiceField(
+        choices=[(name, name) for key in REQUEST_SORTS for name in (key, f"-{key}")], required=False
+    )
+    page = forms.IntegerField(required=False, min_value=1)
+    per_page = forms.TypedChoiceField(choices=[(n, n) for n in PAGE_SIZES], coerce=int, required=False)
+
+
+def _parse(request, scope: AccessScope, form_class=FilterForm):
+    """The bound form and its EventFilter (team resolved through the scope: 404 for unseen teams)."""
+    form = form_class(request.GET)
+    if not form.is_valid():
+        return form, None
+    filters = with_team(scope, form.cleaned_data["filters"])
+    return form, filters
+
+
+def _events(scope: AccessScope, filters: EventFilter, data: dict):
+    """Raw events the per-request filters select (min_cost and status on top of the range filters)."""
+    events = scoped_events(scope=scope, filters=filters)
+    if data.get("min_cost") is not None:
+        events = events.filter(cost__gte=data["min_cost"])
+    if data.get("status"):
+        events = events.filter(status=data["status"])
+    return events
+
+
+def _query(request, **changes) -> str:
+    """The current query string with some parameters changed (None drops one)."""
+    params = {key: value for key, value in request.GET.items() if value != ""}
+    for key, value in changes.items():
+        if value is None:
+            params.pop(key, None)
+        else:
+            params[key] = value
+    return urlencode(params)
+
+
+# --- presenting the dashboard ----------------------------------------------------------------------
+
+# (key, label, formatter, which direction is good: "down", "up" or None for neither)
+KPIS = (
+    ("total_cost", "Total cost", usd, "down"),
+    ("total_tokens", "Total tokens", thousands, None),
+    ("avg_latency_ms", "Average latency", duration_ms, "down"),
+    ("cache_hit_rate", "Cache hit rate", percent, "up"),
+    ("total_requests", "Total requests", thousands, None),
+    ("error_rate", "Error rate", percent, "down"),
+)
+RATE_KPIS = {"cache_hit_rate", "error_rate"}
+AVERAGE_KPIS = {"avg_latency_ms", *RATE_KPIS}
+
+
+def _delta(key: str, current, previous, good: str | None, period: str) -> dict:
+    """The change against the previous period: relative for amounts, percentage points for rates."""
+    if current is None or previous is None:
+        return {"text": f"no data for the previous {period}" if previous is None else "", "tone": "flat"}
+    if key in RATE_KPIS:
+        change = float(current) - float(previous)
+        text = f"{change:+.1f} pts" if abs(change) >= 0.05 else "no change"
+    elif not previous:
+        return {"text": "new" if current else "no change", "tone": "flat"}
+    else:
+        change = (float(current) - float(previous)) / float(previous) * 100
+        text = f"{change:+.1f}%" if abs(change) >= 0.05 else "no change"
+    if text == "no change" or good is None:
+        tone = "flat"
+    else:
+        tone = "good" if (change < 0) == (good == "down") else "bad"
+    arrow = "" if text == "no change" else ("▲ " if change > 0 else "▼ ")
+    return {"text": f"{arrow}{text} vs previous {period}", "tone": tone}
+
+
+def _period_name(filters: EventFilter) -> str:
+    span = filters.end - filters.start
+    if span % timedelta(days=1) == timedelta(0):
+        days = span // timedelta(days=1)
+        return "day" if days == 1 else f"{days} days"
+    hours = span / timedelta(hours=1)
+    if hours == int(hours):
+        return "24 h" if hours == 24 else f"{int(hours)} h"
+    return "period"
+
+
+def _bucket_label(moment: datetime, granularity: str) -> str:
+    local = timezone.localtime(moment)
+    return local.strftime("%d %b %H:%M") if granularity == "hour" else local.strftime("%a %d %b")
+
+
+def _money_float(value) -> float:
+    return float(value or 0)
+
+
+def _request_row(scope: AccessScope, row: dict) -> list[dict]:
+    """Cells of a recent-requests row (the dashboard panel)."""
+    url = reverse("request-detail", args=[scope.organization.slug, row["request_id"]])
+    return [
+        {"text": timezone.localtime(row["timestamp"]).strftime("%d %b %H:%M:%S")},
+        {"text": row["request_id"], "href": url, "code": True},
+        {"text": row["team_alias"]},
+        {"text": row["user_id"] or "—"},
+        {"text": row["model"]},
+        {"text": row["status"], "tone": "bad" if row["status"] == "error" else ""},
+        {"text": thousands(row["total_tokens"]), "num": True},
+        {"text": usd(row["cost"]), "num": True},
+        {"text": duration_ms(row["latency_ms"]), "num": True},
+    ]
+
+
+def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: EventFilter) -> dict:
+    """Every figure of the dashboard, display-ready: the page renders it, dashboard.json returns it."""
+    data = form.cleaned_data
+    panels = dashboard_panels(scope=scope, filters=filters)
+    granularity = panels["granularity"]
+    span = filters.end - filters.start
+    previous = EventFilter(
+        start=filters.start - span,
+        end=filters.start,
+        team_alias=filters.team_alias,
+        model=filters.model,
+        user_id=filters.user_id,
+        team_id=filters.team_id,
+    )
+    before = kpi_figures(period_totals(scope=scope, filters=previous))
+    before_requests = before["total_requests"]
+    period = _period_name(filters)
+    kpis = {}
+    for key, label, fmt, good in KPIS:
+        current = panels["kpis"][key]
+        # An average or a rate of no requests is not zero: it has no value to compare with.
+        prior = before[key] if before_requests or key not in AVERAGE_KPIS else None
+        kpis[key] = {
+            "label": label,
+            "value": current,
+            "display": fmt(current),
+            "previous": prior,
+            "previous_display": fmt(prior),
+            "delta": _delta(key, current, prior, good, period),
+        }
+
+    totals = panels["totals"]
+    total_cost = totals["cost"]
+    team_names = dict(scope.teams().values_list("id", "alias"))
+    series = panels["series"]
+    cache = cache_report(scope=scope, filters=filters, granularity=granularity)
+    batches = batch_report(scope=scope, filters=filters, totals=totals)
+
+    models = panels["models"]
+    model_rows = [
+        [
+            {"text": model},
+            {"text": usd(sums["cost"]), "num": True},
+            {"text": percent(100 * sums["cost"] / total_cost) if total_cost else "—", "num": True},
+            {"text": thousands(sums["requests"]), "num": True},
+            {"text": thousands(sums["total_tokens"]), "num": True},
+            {"text": duration_ms(sums["latency_sum_ms"] / sums["requests"]) if sums["requests"] else "—", "num": True},
+            {"text": percent(100 * sums["errors"] / sums["requests"]) if sums["requests"] else "—", "num": True},
+        ]
+        for model, sums in models.items()
+    ]
+    dashboard_url = reverse("dashboard", args=[scope.organization.slug])
+    team_rows = [
+        [
+            {"text": team_names[team_id], "href": f"{dashboard_url}?{_query(request, team=team_names[team_id])}"},
+            {"text": usd(sums["cost"]), "num": True},
+            {"text": percent(100 * sums["cost"] / total_cost) if total_cost else "—", "num": True},
+            {"text": thousands(sums["requests"]), "num": True},
+            {"text": thousands(sums["total_tokens"]), "num": True},
+        ]
+        for team_id, sums in panels["teams"].items()
+    ]
+    requests_url = reverse("requests", args=[scope.organization.slug])
+    user_rows = [
+        [
+            {"text": user or "(no user)", "href": f"{requests_url}?{_query(request, user=user)}" if user else None},
+            {"text": usd(sums["cost"]), "num": True},
+            {"text": thousands(sums["requests"]), "num": True},
+            {"text": thousands(sums["total_tokens"]), "num": True},
+        ]
+        for user, sums in list(panels["users"].items())[:10]
+    ]
+    recent = recent_requests(events=_events(scope, filters, data), limit=RECENT_ON_DASHBOARD)
+
+    # Charts: the model doughnut keeps the seven costliest models and folds the rest into "Other".
+    shown = list(models.items())[:7]
+    other = sum((sums["cost"] for _, sums in list(models.items())[7:]), Decimal(0))
+    share_labels = [model for model, _ in shown] + (["Other"] if other else [])
+    share_values = [_money_float(sums["cost"]) for _, sums in shown] + ([_money_float(other)] if other else [])
+    by_tokens = sorted(models.items(), key=lambda item: -item[1]["total_tokens"])[:12]
+    cache_series = [cache["series"].get(start, {}) for start in bucket_starts(filters.start, filters.end, granularity)]
+    query_types = panels["query_types"]
+    labels = [_bucket_label(point["start"], granularity) for point in series]
+
+    events_split = batches["events"]
+    records = batches["records"]
+    if events_split is not None:
+        batched, unbatched = events_split["batched"], events_split["unbatched"]
+        batch = {
+            "share": percent(100 * batched["requests"] / totals["requests"]) if totals["requests"] else "—",
+            "batched_requests": thousands(batched["requests"]),
+            "per1k_batched": per_thousand_tokens(batched["cost"], batched["tokens"]),
+            "per1k_unbatched": per_thousand_tokens(unbatched["cost"], unbatched["tokens"]),
+            "avg_size": _average(records["avg_size"] or batched["avg_size"]),
+        }
+    else:
+        batch = {
+            "share": "—",
+            "batched_requests": "—",
+            "per1k_batched": per_thousand_tokens(records["cost"], records["tokens"]),
+            "per1k_unbatched": "—",
+            "avg_size": _average(records["avg_size"]),
+        }
+    batch |= {
+        "split": events_split is not None,
+        "batches": thousands(records["batches"]),
+        "records_per1k": per_thousand_tokens(records["cost"], records["tokens"]),
+        "records_cost": usd(records["cost"]),
+        "records_latency": duration_ms(records["avg_latency_ms"]) if records["batches"] else "—",
+    }
+    client_lookups = cache["hits"] + cache["misses"]
+
+    return {
+        "generated_at": timezone.now(),
+        "has_events": None,  # filled by the caller when it matters
+        "range": {
+            "key": data["range"],
+            "label": RANGE_LABELS[data["range"]],
+            "start": filters.start,
+            "end": filters.end,
+            "start_display": timezone.localtime(filters.start).strftime("%d %b %Y %H:%M"),
+            "end_display": timezone.localtime(filters.end).strftime("%d %b %Y %H:%M"),
+            "granularity": granularity,
+            "previous_start": previous.start,
+        },
+        "kpis": kpis,
+        "unpriced": {
+            "count": totals["unpriced"],
+            "display": thousands(totals["unpriced"]),
+        },
+        "percentiles": {name: duration_ms(value) for name, value in panels["latency_percentiles_ms"].items()},
+        "cache": {
+            "hits": thousands(totals["cache_hits"]),
+            "misses": thousands(totals["requests"] - totals["cache_hits"]),
+            "hit_rate": kpis["cache_hit_rate"]["display"],
+            "client_reports": thousands(cache["reports"]),
+            "client_hit_rate": percent(100 * cache["hits"] / client_lookups) if client_lookups else "—",
+            "lookup": duration_ms(cache["lookup_ms"]),
+        },
+        "batch": batch,
+        "tables": {
+            "models": model_rows,
+            "teams": team_rows,
+            "users": user_rows,
+            "recent": [_request_row(scope, row) for row in recent],
+        },
+        "charts": {
+            "granularity": granularity,
+            "trend": {
+                "labels": labels,
+                "cost": [_money_float(point["cost"]) for point in series],
+                "requests": [point["requests"] for point in series],
+            },
+            "model_share": {"labels": share_labels, "cost": share_values},
+            "tokens_by_model": {
+                "labels": [model for model, _ in by_tokens],
+                "prompt": [sums["prompt_tokens"] for _, sums in by_tokens],
+                "output": [sums["output_tokens"] for _, sums in by_tokens],
+            },
+            "latency_histogram": {
+                "labels": [_histogram_label(bucket) for bucket in panels["latency_histogram"]],
+                "counts": [bucket["count"] for bucket in panels["latency_histogram"]],
+            },
+            "cache": {
+                "labels": ["Hits", "Misses"],
+                "events": [totals["cache_hits"], totals["requests"] - totals["cache_hits"]],
+                "client": [cache["hits"], cache["misses"]],
+            },
+            "percentiles": {
+                "labels": labels,
+                "p50": [point["percentiles"]["p50"] for point in series],
+                "p95": [point["percentiles"]["p95"] for point in series],
+                "p99": [point["percentiles"]["p99"] for point in series],
+                "ttft": [
+                    round(point["ttft_sum_ms"] / point["ttft_count"], 3) if point["ttft_count"] else None
+                    for point in series
+                ],
+            },
+            "cache_lookup": {
+                "labels": labels,
+                "lookup_ms": [
+                    round(point["lookup_ms"], 3) if point.get("lookup_ms") is not None else None
+                    for point in cache_series
+                ],
+            },
+            "query_types": None
+            if query_types is None
+            else {
+                "labels": [name or "(none)" for name in query_types],
+                "cost": [_money_float(sums["cost"]) for sums in query_types.values()],
+            },
+        },
+    }
+
+
+def _average(value) -> str:
+    return f"{float(value):,.1f}" if value else "—"
+
+
+def _histogram_label(bucket: dict) -> str:
+    low, high = bucket["from_ms"], bucket["to_ms"]
+    if low is None:
+        return f"< {duration_ms(high)}"
+    if high is None:
+        return f"≥ {duration_ms(low)}"
+    return f"{duration_ms(low)} – {duration_ms(high)}"
+
+
+def _page_context(request, scope: AccessScope, form, **extra) -> dict:
+    teams = list(scope.teams().values_list("alias", flat=True))
+    return {
+        "scope": scope,
+        "form": form,
+        "teams": teams,
+        "range_labels": RANGE_LABELS,
+        "query": _query(request),
+        **extra,
+    }
 
 
 @org_page
 def dashboard(request, scope):
-    return render(request, "metrics/dashboard.html", {"scope": scope, "nav": "dashboard"})
+    form, filters = _parse(request, scope)
+    context = _page_context(
+        request,
+        scope,
+        form,
+        nav="dashboard",
+        refresh_seconds=REFRESH_SECONDS,
+        track_url=request.build_absolute_uri(reverse("metrics-track")),
+    )
+    if filters is None:
+        return render(request, "metrics/dashboard.html", context, status=400)
+    if not has_events(scope):
+        context["empty"] = True
+        return render(request, "metrics/dashboard.html", context)
+    board = dashboard_context(request, scope, form, filters)
+    board["has_events"] = True
+    context |= {
+        "board": board,
+        "filters": filters,
+        "min_cost": form.cleaned_data.get("min_cost"),
+        "requests_query": _query(request, range=form.cleaned_data["range"]),
+    }
+    return render(request, "metrics/dashboard.html", context)
+
+
+@org_page
+def dashboard_data(request, scope):
+    """The dashboard's figures as JSON, for the page's auto-refresh (session-authenticated)."""
+    form, filters = _parse(request, scope)
+    if filters is None:
+        return JsonResponse({"status": "error", "errors": form.errors.get_json_data()}, status=400)
+    board = dashboard_context(request, scope, form, filters)
+    board["has_events"] = board["kpis"]["total_requests"]["value"] > 0 or has_events(scope)
+    return JsonResponse(board, encoder=DjangoJSONEncoder)
+
+
+# --- requests ----------------------------------------------------------------------------------------
+
+COLUMNS = (  # (sort name, heading, numeric)
+    ("time", "Time", False),
+    ("request_id", "Request ID", False),
+    ("team", "Team", False),
+    ("user", "User", False),
+    ("model", "Model", False),
+    ("query_type", "Type", False),
+    ("status", "Status", False),
+    ("prompt_tokens", "Prompt", True),
+    ("output_tokens", "Output", True),
+    ("total_tokens", "Tokens", True),
+    ("cost", "Cost", True),
+    ("latency", "Latency", True),
+    ("ttft", "TTFT", True),
+    ("cache", "Cache", False),
+    ("batched", "Batched", False),
+)
 
 
 @org_page
 def requests_list(request, scope):
-    return render(request, "metrics/dashboard.html", {"scope": scope, "nav": "requests"})
+    form, filters = _parse(request, scope, RequestFilterForm)
+    context = _page_context(request, scope, form, nav="requests", columns=[])
+    if filters is None:
+        return render(request, "metrics/requests.html", context, status=400)
+    data = form.cleaned_data
+    sort = data.get("sort") or DEFAULT_REQUEST_SORT
+    per_page = data.get("per_page") or 50
+    page = data.get("page") or 1
+    offset = (page - 1) * per_page
+    capped = offset >= MAX_ROWS
+    rows = []
+    if not capped:
+        limit = min(per_page, MAX_ROWS - offset)
+        rows = request_page(events=_events(scope, filters, data), sort=sort, offset=offset, limit=limit + 1)
+    has_next = len(rows) > min(per_page, MAX_ROWS - offset) if not capped else False
+    rows = rows[:per_page]
+    at_cap = not capped and offset + per_page >= MAX_ROWS and has_next
+    if at_cap:
+        has_next = False
+    columns = []
+    current, descending = sort.lstrip("-"), sort.startswith("-")
+    for name, heading, numeric in COLUMNS:
+        if name == current:
+            next_sort = name if descending else f"-{name}"
+            state = "descending" if descending else "ascending"
+        else:
+            # Numbers and time read best biggest/newest first; text A to Z.
+            next_sort = f"-{name}" if numeric or name == "time" else name
+            state = None
+        columns.append(
+            {"name": name, "heading": heading, "numeric": numeric, "state": state,
+             "query": _query(request, sort=next_sort, page=None)}
+        )
+    context |= {
+        "columns": columns,
+        "rows": rows,
+        "sort": sort,
+        "page": page,
+        "per_page": per_page,
+        "first_row": offset + 1,
+        "last_row": offset + len(rows),
+        "previous_query": _query(request, page=page - 1 if page > 2 else None) if page > 1 else None,
+        "next_query": _query(request, page=page + 1) if has_next else None,
+        "capped": capped or at_cap,
+        "max_rows": MAX_ROWS,
+        "csv_query": _query(request, page=None, per_page=None),
+        "filters": filters,
+    }
+    return render(request, "metrics/requests.html", context)
+
+
+@org_page
+def request_detail(request, scope, request_id: str):
+    event = get_object_or_404(
+        scope.filter(UsageEvent.objects.select_related("team", "price")), request_id=request_id
+    )
+    metadata = json.dumps(event.metadata, indent=2, sort_keys=True, ensure_ascii=False) if event.metadata else ""
+    return render(
+        request,
+        "metrics/request_detail.html",
+        {"scope": scope, "nav": "requests", "event": event, "metadata": metadata},
+    )
+
+
+CSV_FIELDS = (  # (header, values() name)
+    ("request_id", "request_id"),
+    ("timestamp", "timestamp"),
+    ("team", "team__alias"),
+    ("user_id", "user_id"),
+    ("end_user", "end_user"),
+    ("model", "model"),
+    ("model_requested", "model_requested"),
+    ("provider", "provider"),
+    ("query_type", "query_type"),
+    ("status", "status"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cached_tokens", "cached_tokens"),
+    ("total_tokens", "total_tokens"),
+    ("prompt_cost_usd", "prompt_cost"),
+    ("output_cost_usd", "output_cost"),
+    ("cost_usd", "cost"),
+    ("client_cost_usd", "client_cost"),
+    ("is_priced", "is_priced"),
+    ("latency_ms", "latency_ms"),
+    ("time_to_first_token_ms", "time_to_first_token_ms"),
+    ("cache_hit", "cache_hit"),
+    ("cache_similarity_score", "cache_similarity_score"),
+    ("is_batched", "is_batched"),
+    ("batch_id", "batch_id"),
+    ("batch_size", "batch_size"),
+    ("error_message", "error_message"),
+)
+MONEY_COLUMNS = {"prompt_cost", "output_cost", "cost", "client_cost"}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+def _csv_cell(name: str, value):
+    if value is None:
+        return ""
+    if name in MONEY_COLUMNS:
+        return full_money(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        # A spreadsheet would run it as a formula: quote it as text (OWASP's CSV injection advice).
+        return f"'{value}"
+    return value
+
+
+@org_page
+def requests_csv(request, scope):
+    """Exactly the requests the filters select, in the table's order, streamed in chunks."""
+    form, filters = _parse(request, scope, RequestFilterForm)
+    if filters is None:
+        return JsonResponse({"status": "error", "errors": form.errors.get_json_data()}, status=400)
+    sort = form.cleaned_data.get("sort") or DEFAULT_REQUEST_SORT
+    names = [name for _, name in CSV_FIELDS]
+    rows = (
+        _events(scope, filters, form.cleaned_data)
+        .order_by(*request_ordering(sort))
+        .values_list(*names)
+        .iterator(chunk_size=CSV_CHUNK)
+    )
+    writer = csv.writer(_Echo())
+
+    def lines():
+        yield writer.writerow([header for header, _ in CSV_FIELDS])
+        for row in rows:
+            yield writer.writerow([_csv_cell(name, value) for name, value in zip(names, row, strict=True)])
+
+    stamp = "%Y%m%dT%H%MZ"
+    filename = (
+        f"{scope.organization.slug}-requests-{filters.start.astimezone(UTC):{stamp}}-"
+        f"{filters.end.astimezone(UTC):{stamp}}.csv"
+    )
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+

@@ -183,7 +183,9 @@ def assert_dashboard_equals_raw(body: dict, rows: list[dict], *, label: str = ""
     where = f"[{label}] " if label else ""
     assert body["total_requests"] == want["total_requests"], f"{where}total_requests"
     assert body["total_tokens"] == want["total_tokens"], f"{where}total_tokens"
-    assert body["total_cost"] == _money(want["total_cost"]), f"{where}total_cost {body['total_cost']} != {want['total_cost']}"
+    assert body["total_cost"] == _money(want["total_cost"]), (
+        f"{where}total_cost {body['total_cost']} != {want['total_cost']}"
+    )
     assert body["error_rate"] == Decimal(repr(want["error_rate"])), f"{where}error_rate"
     assert body["cache_hit_rate"] == Decimal(repr(want["cache_hit_rate"])), f"{where}cache_hit_rate"
     assert body["unpriced_requests"] == want["unpriced_requests"], f"{where}unpriced_requests"

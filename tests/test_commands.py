@@ -9,9 +9,9 @@ from io import StringIO
 import pytest
 from django.contrib.auth import authenticate as _authenticate
 from django.contrib.auth import get_user_model
-from django.test import RequestFactory
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import RequestFactory
 
 from metrics.models import UsageEvent
 from teams.models import ApiToken, Membership, Organization, Team

@@ -169,8 +169,7 @@ def test_it_reprices_the_window_of_a_price_changed_in_the_admin_and_refreshes_ro
     assert {e.request_id: e.cost for e in UsageEvent.objects.filter(request_id__in=untouched)} == untouched
     # Exactly the repriced hours (of both organizations) await the rollup; meanwhile reads are raw-exact.
     assert set(DirtyHour.objects.values_list("hour", flat=True)) == early_hours
-    assert {o for o in DirtyHour.objects.values_list("organization_id", flat=True)} == {world.acme.pk,
-                                                                                         world.globex.pk}
+    assert set(DirtyHour.objects.values_list("organization_id", flat=True)) == {world.acme.pk, world.globex.pk}
     assert_dashboards_equal_raw(world, "repriced, before refresh")
 
     dirty_rollups_refresh()

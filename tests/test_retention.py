@@ -102,7 +102,7 @@ def test_it_prunes_raw_events_older_than_the_window_in_chunks_and_keeps_rollups(
 
 
 def test_it_still_reports_the_same_totals_over_a_pruned_range(world, old_world):
-    now, old = old_world
+    now, _ = old_world
     # Whole hours and whole days over the old events (the rollups' resolution).
     ranges = [
         (day_of(now - 100 * DAY) - DAY, day_of(now - 95 * DAY) + DAY),

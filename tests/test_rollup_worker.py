@@ -1,4 +1,5 @@
-"""Rollups computed by REAL Celery workers: exact totals, a worker SIGKILLed mid-rollup, two workers at once.
+"""Rollups computed by REAL Celery workers: exact totals, a worker SIGKILLed mid-rollup, two workers at once,
+and events arriving while a worker rolls up.
 
 Each test starts `celery worker` processes (tests/workers.py) on the test database. With Redis, the workers
 use a Redis database of their own (see rollup_support.isolated_broker_url) so that another test run sharing
@@ -29,6 +30,7 @@ from tests.rollup_support import (
     get_dashboard,
     hour_of,
     iso,
+    isolated_broker_url,
     no_dirty_marks,
     post_events,
     random_event,
@@ -51,8 +53,6 @@ def _fast_password_hashing(settings):
 @pytest.fixture
 def broker():
     """(extra_env for the workers, broker URL to publish to, or None for the configured one)."""
-    from tests.rollup_support import isolated_broker_url
-
     url = isolated_broker_url(settings.CELERY_BROKER_URL)
     if url is None:
         yield {}, None
@@ -210,8 +210,6 @@ def test_it_ends_with_exactly_the_right_rows_when_two_workers_refresh_at_once(wo
 
     assert no_dirty_marks()
     assert_rollups_equal_raw()
-
-
 
 
 def test_it_never_leaves_a_stale_hour_unmarked_while_events_arrive_during_a_worker_rollup(world, broker):

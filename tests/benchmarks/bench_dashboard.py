@@ -1185,6 +1185,8 @@ def main(argv=None) -> int:
     if args.requests < 1:
         parser.error("--requests must be at least 1")
     args.secret_key = secrets.token_urlsafe(50)
+    code = code_version()
+    log(f"code: {code}")
     django_setup(args)
 
     def stop(signum, frame):
@@ -1222,7 +1224,8 @@ def main(argv=None) -> int:
         noise = max(max(r["rollup"]["other"], r["dashboard_other"], r["budget"]["other"]) for r in results)
         print(
             f"server: gunicorn {args.workers} sync workers; {os.cpu_count()} CPU cores shared by the load generator, "
-            f"gunicorn and PostgreSQL {server_version(args)}; {args.orgs} organizations, the first one measured"
+            f"gunicorn and PostgreSQL {server_version(args)}; {args.orgs} organizations, the first one measured; "
+            f"code {code}"
         )
         if noise > 0.25:
             print(
@@ -1233,6 +1236,24 @@ def main(argv=None) -> int:
         print("\nFAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
     return 0
+
+
+def code_version() -> str:
+    """The commit measured (read-only git), and whether the working tree differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
 
 
 def server_version(args) -> str:
