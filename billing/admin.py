@@ -41,6 +41,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 class BudgetAdmin(admin.ModelAdmin):
     list_display = ("__str__", "organization", "team", "user_id", "amount_usd", "period", "is_hard", "is_active")
     list_filter = ("period", "is_hard", "is_active", "organization")
+    list_select_related = ("organization", "team__organization")  # a team names its organization
     search_fields = ("name", "organization__slug", "team__alias", "user_id")
     raw_id_fields = ("team",)
 
@@ -49,6 +50,7 @@ class BudgetAdmin(admin.ModelAdmin):
 class BudgetAlertAdmin(admin.ModelAdmin):
     list_display = ("budget", "threshold", "period_start", "spend_usd", "limit_usd", "sent_at", "attempts")
     list_filter = ("threshold", "sent_at")
+    list_select_related = ("budget__organization", "budget__team__organization")
     readonly_fields = [field.name for field in BudgetAlert._meta.fields]
 
     def has_add_permission(self, request):

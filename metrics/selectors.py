@@ -623,12 +623,10 @@ def cache_report(*, scope: AccessScope, filters: EventFilter, granularity: str) 
     total = {"hits": 0, "misses": 0, "weighted_ms": 0.0, "plain_ms": 0.0, "reports": 0}
     series = {}
     for row in rows:
-        row = {key: row[key] or 0 for key in ("hits", "misses", "weighted_ms", "plain_ms", "reports")} | {
-            "bucket": row["bucket"]
-        }
+        sums = {key: row[key] or 0 for key in total}
         for key in total:
-            total[key] += row[key]
-        series[row["bucket"]] = {"hits": row["hits"], "misses": row["misses"], "lookup_ms": lookup_ms(row)}
+            total[key] += sums[key]
+        series[row["bucket"]] = {"hits": sums["hits"], "misses": sums["misses"], "lookup_ms": lookup_ms(sums)}
     return {
         "reports": total["reports"],
         "hits": total["hits"],

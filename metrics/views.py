@@ -47,7 +47,15 @@ from .selectors import (
     scoped_events,
     with_team,
 )
-from .templatetags.metrics_format import duration_ms, full_money, per_thousand_tokens, percent, thousands, usd
+from .templatetags.metrics_format import (
+    duration_ms,
+    full_money,
+    per_thousand_tokens,
+    percent,
+    thousands,
+    usd,
+    usd_request,
+)
 
 RANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 RANGE_LABELS = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days", "custom": "Custom range"}
@@ -65,16 +73,12 @@ REFRESH_SECONDS = 30
 
 class FilterForm(forms.Form):
     range = forms.ChoiceField(choices=list(RANGE_LABELS.items()), required=False)
-    start = forms.DateTimeField(
-        required=False, input_formats=DATETIME_FORMATS, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    end = forms.DateTimeField(
-        required=False, input_formats=DATETIME_FORMATS, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
+    start = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="From")
+    end = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="To")
     team = forms.CharField(required=False, max_length=100)
     model = forms.CharField(required=False, max_length=200)
     user = forms.CharField(required=False, max_length=255)
-    min_cost = forms.DecimalField(required=False, min_value=0, max_digits=20, decimal_places=10)
+    min_cost = forms.DecimalField(required=False, min_value=0, max_digits=20, decimal_places=10, label="Min cost")
 
     def clean(self):
         data = super().clean()
@@ -112,7 +116,9 @@ class RequestFilterForm(FilterForm):
         choices=[(name, name) for key in REQUEST_SORTS for name in (key, f"-{key}")], required=False
     )
     page = forms.IntegerField(required=False, min_value=1)
-    per_page = forms.TypedChoiceField(choices=[(n, n) for n in PAGE_SIZES], coerce=int, required=False)
+    per_page = forms.TypedChoiceField(
+        choices=[(n, n) for n in PAGE_SIZES], coerce=int, required=False, label="Rows per page"
+    )
 
 
 def _parse(request, scope: AccessScope, form_class=FilterForm):
@@ -161,33 +167,41 @@ AVERAGE_KPIS = {"avg_latency_ms", *RATE_KPIS}
 
 
 def _delta(key: str, current, previous, good: str | None, period: str) -> dict:
-    """The change against the previous period: relative for amounts, percentage points for rates."""
+    """The change against the previous period: relative for amounts, percentage points for rates.
+
+    `text` is short for the card ("▲ 12.5%"); `label` says it in words for screen readers and tooltips.
+    """
     if current is None or previous is None:
-        return {"text": f"no data for the previous {period}" if previous is None else "", "tone": "flat"}
+        if previous is None:
+            return {"text": "—", "label": f"no data for the previous {period}", "tone": "flat"}
+        return {"text": "—", "label": "no data in this range", "tone": "flat"}
     if key in RATE_KPIS:
         change = float(current) - float(previous)
-        text = f"{change:+.1f} pts" if abs(change) >= 0.05 else "no change"
+        amount = f"{abs(change):.1f} pts"
+        unchanged = abs(change) < 0.05
     elif not previous:
-        return {"text": "new" if current else "no change", "tone": "flat"}
+        if not current:
+            return {"text": "no change", "label": f"no change on the previous {period}", "tone": "flat"}
+        return {"text": "new", "label": f"none in the previous {period}", "tone": "flat"}
     else:
         change = (float(current) - float(previous)) / float(previous) * 100
-        text = f"{change:+.1f}%" if abs(change) >= 0.05 else "no change"
-    if text == "no change" or good is None:
-        tone = "flat"
-    else:
-        tone = "good" if (change < 0) == (good == "down") else "bad"
-    arrow = "" if text == "no change" else ("▲ " if change > 0 else "▼ ")
-    return {"text": f"{arrow}{text} vs previous {period}", "tone": tone}
+        amount = f"{abs(change):,.1f}%"
+        unchanged = abs(change) < 0.05
+    if unchanged:
+        return {"text": "no change", "label": f"no change on the previous {period}", "tone": "flat"}
+    tone = "flat" if good is None else ("good" if (change < 0) == (good == "down") else "bad")
+    arrow, word = ("▲", "up") if change > 0 else ("▼", "down")
+    return {"text": f"{arrow} {amount}", "label": f"{word} {amount} on the previous {period}", "tone": tone}
 
 
 def _period_name(filters: EventFilter) -> str:
+    """"24 h", "7 days", "6 h"; "period" for spans that are not whole hours."""
     span = filters.end - filters.start
-    if span % timedelta(days=1) == timedelta(0):
-        days = span // timedelta(days=1)
-        return "day" if days == 1 else f"{days} days"
     hours = span / timedelta(hours=1)
+    if hours > 48 and span % timedelta(days=1) == timedelta(0):
+        return f"{span // timedelta(days=1)} days"
     if hours == int(hours):
-        return "24 h" if hours == 24 else f"{int(hours)} h"
+        return f"{int(hours)} h"
     return "period"
 
 
@@ -211,7 +225,7 @@ def _request_row(scope: AccessScope, row: dict) -> list[dict]:
         {"text": row["model"]},
         {"text": row["status"], "tone": "bad" if row["status"] == "error" else ""},
         {"text": thousands(row["total_tokens"]), "num": True},
-        {"text": usd(row["cost"]), "num": True},
+        {"text": usd_request(row["cost"]), "num": True},
         {"text": duration_ms(row["latency_ms"]), "num": True},
     ]
 
@@ -340,8 +354,10 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
             "end_display": timezone.localtime(filters.end).strftime("%d %b %Y %H:%M"),
             "granularity": granularity,
             "previous_start": previous.start,
+            "previous_start_display": timezone.localtime(previous.start).strftime("%d %b %Y %H:%M"),
         },
         "kpis": kpis,
+        "compared_with": f"Changes compare with the previous {period}",
         "unpriced": {
             "count": totals["unpriced"],
             "display": thousands(totals["unpriced"]),
@@ -416,17 +432,41 @@ def _average(value) -> str:
 
 
 def _histogram_label(bucket: dict) -> str:
+    """"< 100 ms", "100–250 ms", "1–2 s", "≥ 10 s"."""
+
+    def short(ms: int) -> tuple[str, str]:
+        return (f"{ms // 1000:g}", "s") if ms >= 1000 else (f"{ms:g}", "ms")
+
     low, high = bucket["from_ms"], bucket["to_ms"]
     if low is None:
-        return f"< {duration_ms(high)}"
+        return "< {} {}".format(*short(high))
     if high is None:
-        return f"≥ {duration_ms(low)}"
-    return f"{duration_ms(low)} – {duration_ms(high)}"
+        return "≥ {} {}".format(*short(low))
+    (low_n, low_u), (high_n, high_u) = short(low), short(high)
+    return f"{low_n}–{high_n} {high_u}" if low_u == high_u else f"{low_n} {low_u}–{high_n} {high_u}"
 
 
 def _page_context(request, scope: AccessScope, form, **extra) -> dict:
     teams = list(scope.teams().values_list("alias", flat=True))
+    given = request.GET.get("range") or ""
+    selected = given if given in RANGE_LABELS else ("custom" if request.GET.get("start") else "24h")
+    # datetime-local inputs show only "YYYY-MM-DDTHH:MM": a valid ISO time from a bookmark is shown that way.
+    moments = {}
+    form.is_valid()  # cleans the form once; valid fields keep their value when others are wrong
+    for name in ("start", "end"):
+        value = form.cleaned_data.get(name)
+        moments[f"{name}_value"] = (
+            timezone.localtime(value).strftime("%Y-%m-%dT%H:%M") if value else request.GET.get(name, "")
+        )
+    errors = [
+        (form.fields[field].label or field.replace("_", " ").capitalize() if field in form.fields else "", message)
+        for field, messages in form.errors.items()
+        for message in messages
+    ]
     return {
+        **moments,
+        "filter_errors": errors,
+        "selected_range": selected,
         "scope": scope,
         "form": form,
         "teams": teams,

@@ -1,7 +1,22 @@
+from django import forms
 from django.contrib import admin, messages
 
 from .models import ApiToken, Membership, Organization, Team
 from .services import token_create, token_revoke
+
+
+class TeamChoicesMixin:
+    """Team choices name their organization (`org/alias`): read it with the teams, not once per option."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.related_model is Team:
+            kwargs.setdefault("queryset", Team.objects.select_related("organization"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.related_model is Team:
+            kwargs.setdefault("queryset", Team.objects.select_related("organization"))
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
 
 class TeamInline(admin.TabularInline):
@@ -21,29 +36,55 @@ class OrganizationAdmin(admin.ModelAdmin):
 class TeamAdmin(admin.ModelAdmin):
     list_display = ("alias", "name", "organization", "is_default")
     list_filter = ("organization",)
+    list_select_related = ("organization",)
     search_fields = ("alias", "name", "organization__slug")
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(TeamChoicesMixin, admin.ModelAdmin):
     list_display = ("user", "organization", "role")
     list_filter = ("role", "organization")
+    list_select_related = ("user", "organization")
     search_fields = ("user__email", "user__username", "organization__slug")
     filter_horizontal = ("teams",)
 
 
+class ApiTokenAdminForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("organization", "team", "name", "can_ingest", "can_read", "revoked_at")
+
+    def clean(self):
+        cleaned = super().clean()
+        organization = cleaned.get("organization") or getattr(self.instance, "organization", None)
+        team = cleaned.get("team")
+        if team is not None and organization is not None and team.organization_id != organization.pk:
+            self.add_error("team", "Pick a team of the token's organization.")
+        return cleaned
+
+
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens are created here with their secret shown once in a message; the secret is never stored."""
+class ApiTokenAdmin(TeamChoicesMixin, admin.ModelAdmin):
+    """Tokens are created here with their secret shown once in a message; the secret is never stored.
+
+    A token never moves to another organization, and a pinned token's team is one of its own.
+    """
+
+    form = ApiTokenAdminForm
 
     list_display = (
         "display_prefix", "name", "organization", "team", "can_ingest", "can_read", "last_used_at", "revoked_at",
     )
     list_filter = ("can_ingest", "can_read", "organization")
+    list_select_related = ("organization", "team__organization")  # a team names its organization
     search_fields = ("name", "lookup", "organization__slug")
     fields = ("organization", "team", "name", "can_ingest", "can_read", "revoked_at", "last_used_at", "display_prefix")
     readonly_fields = ("last_used_at", "display_prefix")
     actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        return ("organization", *readonly) if obj is not None else readonly
 
     def save_model(self, request, obj, form, change):
         if change:

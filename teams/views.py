@@ -1,15 +1,293 @@
-"""Pages for tenancy: tokens, members and team pages."""
+"""Pages for tenancy: teams (readers), tokens and members (owners and admins)."""
 
-from django.shortcuts import render
+from __future__ import annotations
 
+from collections import defaultdict
+from datetime import UTC, datetime, time
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.tokens import default_token_generator
+from django.core.exceptions import PermissionDenied
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Count, F, Q, Sum
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
+from django.views.decorators.http import require_http_methods, require_POST
+
+from billing.models import Budget, BudgetAlert
+from billing.overview import budget_rows
+from metrics.selectors import EventFilter, _sources, top_usage
+
+from .access import AccessScope
+from .forms import LAST_OWNER, MemberAddForm, MemberEditForm, TokenForm, edit_refusal, is_last_owner
+from .models import ApiToken, Membership, Organization, Role
+from .services import member_add, token_create, token_revoke
 from .web import org_page
 
+ROLE_ORDER = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2, Role.VIEWER: 3}
+
+
+def month_start(organization: Organization, now: datetime) -> datetime:
+    """The first instant of the current calendar month in the organization's time zone."""
+    zone = ZoneInfo(organization.time_zone)
+    first = now.astimezone(zone).date().replace(day=1)
+    return datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
+
+
+def spend_by_team(scope: AccessScope, filters: EventFilter) -> dict[int, dict]:
+    """Cost and request count per visible team, from rollups plus the raw tail (a few grouped queries)."""
+    sources = _sources(scope, filters)
+    totals: dict[int, dict] = defaultdict(lambda: {"cost": Decimal(0), "requests": 0})
+    for queryset in sources.rollups:
+        for row in queryset.values("team").annotate(cost=Sum("cost"), requests=Sum("requests")).order_by():
+            totals[row["team"]]["cost"] += row["cost"] or 0
+            totals[row["team"]]["requests"] += row["requests"] or 0
+    if sources.raw is not None:
+        for row in sources.raw.values("team").annotate(cost=Sum("cost"), requests=Count("id")).order_by():
+            totals[row["team"]]["cost"] += row["cost"] or 0
+            totals[row["team"]]["requests"] += row["requests"]
+    return totals
+
+
+# --- teams --------------------------------------------------------------------------------------
+
+
+@org_page
+def teams(request, scope):
+    now = datetime.now(UTC)
+    start = month_start(scope.organization, now)
+    team_list = list(
+        scope.teams()
+        .annotate(budget_count=Count("budgets", filter=Q(budgets__is_active=True)))
+        .order_by("alias")
+    )
+    spend = spend_by_team(scope, EventFilter(start=start, end=now))
+    rows = [{"team": team, **spend.get(team.pk, {"cost": Decimal(0), "requests": 0})} for team in team_list]
+    context = {
+        "scope": scope, "nav": "teams", "rows": rows, "month_start": start,
+        "total": sum((row["cost"] for row in rows), Decimal(0)),
+    }
+    return render(request, "teams/teams.html", context)
+
+
+@org_page
+def team(request, scope, alias: str):
+    team = scope.team(alias)
+    organization = scope.organization
+    now = datetime.now(UTC)
+    start = month_start(organization, now)
+    # Organization-wide budgets count every team's spend: shown only to readers who see every team.
+    applies = Q(team=team) | Q(team__isnull=True) if scope.team_ids is None else Q(team=team)
+    budgets = list(
+        Budget.objects.filter(applies, organization=organization, is_active=True)
+        .select_related("organization", "team")
+        .order_by(F("team_id").asc(nulls_first=True), "user_id", "period", "id")
+    )
+    month = EventFilter(start=start, end=now, team_alias=team.alias)
+    alert_applies = (
+        Q(budget__team=team) | Q(budget__team__isnull=True) if scope.team_ids is None else Q(budget__team=team)
+    )
+    alerts = (
+        BudgetAlert.objects.filter(alert_applies, budget__organization=organization)
+        .select_related("budget__team")
+        .order_by("-created_at", "-id")[:50]
+    )
+    month_spend = spend_by_team(scope, month).get(team.pk, {})
+    context = {
+        "scope": scope, "nav": "teams", "team": team, "month_start": start,
+        "month_cost": month_spend.get("cost", Decimal(0)), "month_requests": month_spend.get("requests", 0),
+        "rows": budget_rows(budgets, now),
+        "top_users": top_usage(scope=scope, filters=month, dimension="user_id"),
+        "top_models": top_usage(scope=scope, filters=month, dimension="model"),
+        "alerts": list(alerts),
+        "sees_everything": scope.team_ids is None,
+    }
+    return render(request, "teams/team.html", context)
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
 
 @org_page(manage=True)
+@require_http_methods(["GET", "POST"])
 def tokens(request, scope):
-    return render(request, "metrics/dashboard.html", {"scope": scope, "nav": "tokens"})
+    form = TokenForm(scope, request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        token, raw = token_create(
+            organization=scope.organization, team=data["team"], can_ingest=data["can_ingest"],
+            can_read=data["can_read"], name=data["name"], created_by=request.user,
+        )
+        created = {"token": token, "secret": raw}
+        form = TokenForm(scope)
+    token_list = (
+        scope.filter(ApiToken.objects.select_related("team", "created_by"))
+        .order_by(F("revoked_at").desc(nulls_first=True), "-created_at", "-id")
+    )
+    context = {
+        "scope": scope, "nav": "tokens", "form": form, "tokens": list(token_list), "created": created,
+        "api_base": request.build_absolute_uri("/api/v1/").rstrip("/"),
+    }
+    response = render(request, "teams/tokens.html", context)
+    if created:
+        # The secret is in this response only: it is not stored, and no cache may keep it.
+        response["Cache-Control"] = "no-store"
+    return response
 
 
 @org_page(manage=True)
+@require_POST
+def token_revoke_view(request, scope, token_id: int):
+    token = get_object_or_404(scope.filter(ApiToken.objects), pk=token_id)
+    if token.revoked_at is None:
+        token_revoke(token=token)
+        messages.success(request, f"Token {token.display_prefix}… ({token.name or 'unnamed'}) revoked.")
+    else:
+        messages.info(request, f"Token {token.display_prefix}… was already revoked.")
+    return redirect("tokens", org_slug=scope.organization.slug)
+
+
+# --- members ------------------------------------------------------------------------------------
+
+
+def _memberships(scope: AccessScope):
+    return Membership.objects.filter(organization=scope.organization)
+
+
+def _invite(request, membership: Membership) -> bool:
+    """Email a new member a link to choose their first password. False when sending failed."""
+    user = membership.user
+    context = {
+        "organization": membership.organization,
+        "inviter": request.user,
+        "user": user,
+        "set_password_url": request.build_absolute_uri(
+            reverse(
+                "password_reset_confirm",
+                kwargs={"uidb64": urlsafe_base64_encode(force_bytes(user.pk)),
+                        "token": default_token_generator.make_token(user)},
+            )
+        ),
+        "login_url": request.build_absolute_uri(reverse("login")),
+        "expiry_days": max(1, settings.PASSWORD_RESET_TIMEOUT // 86400),
+    }
+    subject = render_to_string("registration/invitation_subject.txt", context).strip()
+    body = render_to_string("registration/invitation_email.txt", context)
+    try:
+        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email])
+    except Exception:  # the member is added either way; the page says to use password reset
+        return False
+    return True
+
+
+@org_page(manage=True)
+@require_http_methods(["GET", "POST"])
 def members(request, scope):
-    return render(request, "metrics/dashboard.html", {"scope": scope, "nav": "members"})
+    form = MemberAddForm(scope, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        is_new_user = not get_user_model().objects.filter(email__iexact=data["email"]).exists()
+        membership = member_add(
+            organization=scope.organization, email=data["email"], role=data["role"], teams=list(data["teams"])
+        )
+        if is_new_user:
+            sent = _invite(request, membership)
+            note = (
+                "We emailed them a password reset link to choose one" if sent
+                else "The email with a link to choose one could not be sent"
+            )
+            messages.success(
+                request,
+                f"Added {data['email']} as {membership.get_role_display().lower()}. They have no password yet. "
+                f"{note}; if it expires, send a new one from their page in this list.",
+            )
+        else:
+            messages.success(
+                request, f"Added {data['email']} as {membership.get_role_display().lower()}; "
+                "they log in with their existing password.",
+            )
+        return redirect("members", org_slug=scope.organization.slug)
+    rows = sorted(
+        _memberships(scope).select_related("user").prefetch_related("teams"),
+        key=lambda m: (ROLE_ORDER.get(m.role, 9), m.user.email.lower()),
+    )
+    members_list = [{"membership": m, "refusal": edit_refusal(scope, m)} for m in rows]
+    context = {
+        "scope": scope, "nav": "members", "form": form, "members": members_list,
+        "owner_count": sum(1 for m in rows if m.role == Role.OWNER),
+    }
+    return render(request, "teams/members.html", context)
+
+
+def _editable(scope: AccessScope, member_id: int) -> Membership:
+    membership = get_object_or_404(
+        _memberships(scope).select_related("user").prefetch_related("teams"), pk=member_id
+    )
+    refusal = edit_refusal(scope, membership)
+    if refusal:
+        raise PermissionDenied(refusal)
+    return membership
+
+
+@org_page(manage=True)
+@require_http_methods(["GET", "POST"])
+def member_edit(request, scope, member_id: int):
+    membership = _editable(scope, member_id)
+    form = MemberEditForm(scope, membership, request.POST or None)
+    if request.method == "POST":
+        with transaction.atomic():
+            # Lock the owners so two managers demoting the last two owners at once cannot both succeed.
+            list(Membership.objects.select_for_update().filter(organization=scope.organization, role=Role.OWNER))
+            if form.is_valid():
+                membership.role = form.cleaned_data["role"]
+                membership.save(update_fields=["role"])
+                membership.teams.set(form.cleaned_data["teams"])
+                messages.success(request, f"Saved {membership.user.email}: {membership.get_role_display().lower()}.")
+                return redirect("members", org_slug=scope.organization.slug)
+    context = {
+        "scope": scope, "nav": "members", "form": form, "membership": membership,
+        "last_owner": is_last_owner(membership),
+    }
+    return render(request, "teams/member_edit.html", context)
+
+
+@org_page(manage=True)
+@require_POST
+def member_remove(request, scope, member_id: int):
+    with transaction.atomic():
+        list(Membership.objects.select_for_update().filter(organization=scope.organization, role=Role.OWNER))
+        membership = _editable(scope, member_id)
+        if membership.role == Role.OWNER and not _memberships(scope).filter(role=Role.OWNER).exclude(
+            pk=membership.pk
+        ).exists():
+            messages.error(request, LAST_OWNER)
+            return redirect("members", org_slug=scope.organization.slug)
+        email = membership.user.email
+        membership.delete()
+    if membership.user_id == request.user.pk:
+        messages.success(request, f"You left {scope.organization.name}.")
+        return redirect("home")
+    messages.success(request, f"Removed {email} from {scope.organization.name}.")
+    return redirect("members", org_slug=scope.organization.slug)
+
+
+@org_page(manage=True)
+@require_POST
+def member_invite(request, scope, member_id: int):
+    membership = _editable(scope, member_id)
+    if membership.user.has_usable_password():
+        messages.info(request, f"{membership.user.email} already has a password.")
+    elif _invite(request, membership):
+        messages.success(request, f"Sent {membership.user.email} a new link to choose a password.")
+    else:
+        messages.error(request, "The invitation email could not be sent; check the email settings.")
+    return redirect("members", org_slug=scope.organization.slug)

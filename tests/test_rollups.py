@@ -159,9 +159,13 @@ def test_it_counts_late_events_for_hours_already_rolled_up(world, data, rng):
 def test_it_estimates_latency_percentiles_within_one_percent_from_mixed_sources(world, data, rng):
     now = data
     dirty_rollups_refresh()
-    post_events(world.ingest, [random_event(rng, moment=now - 30 * HOUR - timedelta(minutes=i), request_id=f"l-{i}")
-                               for i in range(20)])
-    start, end = day_of(now) - 2 * DAY - 5 * HOUR + timedelta(seconds=11.5), now - timedelta(minutes=7)
+    # Anchored to midnight, not to now, so whole clean days exist in the range at any time of day;
+    # the late events dirty hours of the last, partial day only.
+    yesterday = day_of(now) - DAY
+    post_events(world.ingest, [random_event(rng, moment=yesterday + 3 * HOUR - timedelta(minutes=i),
+                                            request_id=f"l-{i}") for i in range(20)])
+    start = yesterday - 2 * DAY - 5 * HOUR + timedelta(seconds=11.5)
+    end = yesterday + 7 * HOUR + timedelta(minutes=13)
     plan = plan_sources(organization_id=world.acme.pk, start=start, end=end)
     assert plan.days and plan.hours and plan.raw  # daily rows, hourly rows and raw events all contribute
 

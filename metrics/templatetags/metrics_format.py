@@ -70,3 +70,22 @@ def full_money(value) -> str:
     if value is None or value == "":
         return ""
     return format(Decimal(value), "f")
+
+
+@register.filter
+def usd_request(value) -> str:
+    """One request's cost: cents hide the differences that matter, so amounts under $1 keep 4 decimals."""
+    if value is None or value == "":
+        return DASH
+    amount = Decimal(value)
+    if amount == 0 or abs(amount) >= 1 or abs(amount) < Decimal("0.0001"):
+        return usd(amount)
+    return f"${amount.quantize(Decimal('0.0001')):f}"
+
+
+@register.filter
+def plain_decimal(value) -> str:
+    """A decimal without trailing zeros (0.1500000000 -> 0.15)."""
+    if value is None or value == "":
+        return DASH
+    return format(Decimal(value).normalize(), "f")
