@@ -1,13 +1,21 @@
 from django.contrib import admin
+from django.contrib.auth.views import PasswordResetView
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from teams.forms import InvitablePasswordResetForm
 from teams.web import home
 
 from .health import healthz, readyz
 
 urlpatterns = [
     path("", home, name="home"),
+    # Members added by an admin have no password yet: reset must reach them too.
+    path(
+        "accounts/password_reset/",
+        PasswordResetView.as_view(form_class=InvitablePasswordResetForm),
+        name="password_reset",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("o/<slug:org_slug>/", include("metrics.web_urls")),
     path("o/<slug:org_slug>/", include("teams.web_urls")),
