@@ -125,7 +125,7 @@
         data: {
           labels: c.trend.labels,
           datasets: [
-            { type: "line", label: "Cost", data: c.trend.cost, borderColor: PALETTE[0], backgroundColor: PALETTE[0], yAxisID: "cost", tension: 0.25, pointRadius: 0, pointHitRadius: 8, order: 1 },
+            { type: "line", label: "Cost", data: c.trend.cost, borderColor: PALETTE[0], backgroundColor: PALETTE[0], yAxisID: "cost", tension: 0, pointRadius: 2, pointHitRadius: 8, order: 1 },
             { type: "bar", label: "Requests", data: c.trend.requests, backgroundColor: "rgba(107,114,128,0.28)", yAxisID: "requests", order: 2 },
           ],
         },
@@ -178,7 +178,7 @@
     "chart-percentiles": function (c) {
       var p = c.percentiles;
       function line(label, data, color, dash) {
-        return { label: label, data: data, borderColor: color, backgroundColor: color, borderDash: dash || [], tension: 0.2, pointRadius: 0, pointHitRadius: 8, spanGaps: false };
+        return { label: label, data: data, borderColor: color, backgroundColor: color, borderDash: dash || [], tension: 0, pointRadius: 2, pointHitRadius: 8, spanGaps: false };
       }
       return {
         type: "line",
