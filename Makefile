@@ -41,5 +41,8 @@ lint: install
 bench-ingest: install
 	$(BIN)/python tests/benchmarks/bench_ingest.py
 
+bench-dashboard: install
+	$(BIN)/python tests/benchmarks/bench_dashboard.py
+
 clean:
 	rm -rf $(VENV) var staticfiles

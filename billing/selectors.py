@@ -137,6 +137,19 @@ def applicable_budgets(*, organization: Organization, team: Team | None, user_id
 
 
 def budget_check(*, organization: Organization, team: Team | None, user_id: str | None) -> dict:
+    """The answer a gateway gets. Cached as a whole for the spend window: a gateway asks before
+    every call, and the key names the organization, so no answer serves another organization."""
+    ttl = settings.BUDGET_SPEND_CACHE_SECONDS
+    key = f"budget-check:{organization.pk}:{team.pk if team else '-'}:{user_id or ''}"
+    answer = cache.get(key) if ttl > 0 else None
+    if answer is None:
+        answer = _budget_check(organization=organization, team=team, user_id=user_id)
+        if ttl > 0:
+            cache.set(key, answer, ttl)
+    return answer
+
+
+def _budget_check(*, organization: Organization, team: Team | None, user_id: str | None) -> dict:
     statuses = [
         budget_status(budget)
         for budget in applicable_budgets(organization=organization, team=team, user_id=user_id)

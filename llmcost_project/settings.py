@@ -161,6 +161,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env_int("DB_CONN_MAX_AGE", 60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Dashboard queries are short; PostgreSQL's JIT compiles them for longer than they run.
+        DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
 _test_name = os.environ.get("TEST_DATABASE_NAME") or None
 if _test_name is None and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: tests start real Celery workers that must see the same database.

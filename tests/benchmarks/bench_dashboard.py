@@ -4,6 +4,7 @@
     make bench-dashboard
     .venv/bin/python tests/benchmarks/bench_dashboard.py [--sizes 1000000,10000000] [--orgs 4]
         [--days 90] [--requests 50] [--budget-requests 5000] [--keep]
+    .venv/bin/python tests/benchmarks/bench_dashboard.py --reuse   # re-measure the server on a kept database
 
 For each size N in --sizes, on a fresh database (`llmcost_dashbench`, dropped at the end unless --keep):
 
@@ -1020,17 +1021,7 @@ def budget_check_load(args, server: Server, token: str, alias: str, rate: float 
 # --- one size -------------------------------------------------------------------------------------------
 
 
-def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
-    log(f"=== size {size:,} ===")
-    result: dict = {"size": size}
-    tenancy = prepare_database(args)
-    org_id, _ = tenancy.orgs[0]
-    log(f"loading {size:,} events over {args.days} days for {len(tenancy.orgs)} organizations")
-    t = time.perf_counter()
-    result["load"] = load_events(args, size, tenancy)
-    result["load"]["seconds"] = time.perf_counter() - t
-    log(f"  load total {result['load']['seconds']:.1f} s")
-
+def measure_rollups(args, size: int, result: dict) -> None:
     log("rollups: dirty_rollups_refresh until no dirty hour or day is left")
     wait_for_quiet(args)
     from django.db import connection
@@ -1051,6 +1042,52 @@ def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
         f"{roll['daily_rows']:,} daily rows; VACUUM ANALYZE {roll['vacuum']:.1f} s"
     )
     log("  " + roll["cpu"])
+
+
+def reuse_database(args) -> tuple[Tenancy, int]:
+    """--reuse: the database a --keep run left, with fresh tokens; its hours rolled up again, as the
+    worker would have done meanwhile (not timed: the load and rollup figures are not re-measured)."""
+    from metrics.models import UsageEvent
+    from teams.models import Organization, Team
+
+    orgs = list(Organization.objects.order_by("id").values_list("id", "slug"))
+    if not orgs:
+        raise BenchFailure(f"--reuse: {args.db_name} holds no organization; run once with --keep first")
+    teams = {
+        org_id: sorted(
+            Team.objects.filter(organization_id=org_id, alias__in=TEAMS).values_list("id", "alias"),
+            key=lambda t: TEAMS.index(t[1]),
+        )
+        for org_id, _ in orgs
+    }
+    tokens = []
+    for scopes in ("read", "ingest"):
+        raw = command("create_token", orgs[0][1], "--scopes", scopes, "--name", f"dashbench-{scopes}")
+        tokens.append(raw.strip().splitlines()[-1].strip())
+    size = UsageEvent.objects.count()
+    log(f"reusing {args.db_name}: {size:,} events, {len(orgs)} organizations; rolling up what is dirty (not timed)")
+    run_rollups(args)
+    close_django_connections()
+    vacuum_rollups(args)
+    return Tenancy(orgs, teams, tokens[0], tokens[1], 0), size
+
+
+def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
+    if args.reuse:
+        tenancy, size = reuse_database(args)
+        result: dict = {"size": size, "rollup": None}
+        org_id, _ = tenancy.orgs[0]
+    else:
+        result = {"size": size}
+        log(f"=== size {size:,} ===")
+        tenancy = prepare_database(args)
+        org_id, _ = tenancy.orgs[0]
+        log(f"loading {size:,} events over {args.days} days for {len(tenancy.orgs)} organizations")
+        t = time.perf_counter()
+        result["load"] = load_events(args, size, tenancy)
+        result["load"]["seconds"] = time.perf_counter() - t
+        log(f"  load total {result['load']['seconds']:.1f} s")
+        measure_rollups(args, size, result)
 
     conn = bench_connect(args)
     try:
@@ -1092,18 +1129,24 @@ def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
     return result
 
 
+def rollup_text(r: dict) -> str:
+    if r["rollup"] is None:
+        return "rollup not measured (--reuse)"
+    per_m = r["rollup"]["seconds"] / (r["size"] / 1e6)
+    return f"rollup {r['rollup']['seconds']:.1f} s ({per_m:.1f} s per 1 M)"
+
+
 def summary_lines(results: list[dict], args) -> list[str]:
     lines = []
     for r in results:
         size = r["size"]
-        per_m = r["rollup"]["seconds"] / (size / 1e6)
         dash = ", ".join(
             f"{label} {r['dashboard'][label]['p50']:.0f}/{r['dashboard'][label]['p95']:.0f}" for label, _ in RANGES
         )
         budget = r["budget"]
         line = (
-            f"size {size:,}: rollup {r['rollup']['seconds']:.1f} s ({per_m:.1f} s per 1 M); dashboard p50/p95 ms: "
-            f"{dash}; raw 30d {r['raw']['30d']['raw_p50']:,.0f} ms; budget check p99 {budget['p99']:.1f} ms "
+            f"size {size:,}: {rollup_text(r)}; dashboard p50/p95 ms: {dash}; "
+            f"raw 30d {r['raw']['30d']['raw_p50']:,.0f} ms; budget check p99 {budget['p99']:.1f} ms "
             f"({args.budget_clients} clients, closed loop, {budget['rate']:,.0f} req/s"
         )
         if r.get("budget_paced"):
@@ -1140,6 +1183,8 @@ def target_lines(results: list[dict]) -> list[str]:
         ratio = p95 / small["dashboard"]["30d"]["p95"]
         verdicts.append((f"30d p95 ≤ 1.5× from {small['size']:,} to {large['size']:,} ({ratio:.2f}×)", ratio <= 1.5))
     for r in results:
+        if r["rollup"] is None:
+            continue
         per_m = r["rollup"]["seconds"] / (r["size"] / 1e6)
         verdicts.append((f"rollups ≤ 10 s per 1 M at {r['size']:,} ({per_m:.1f} s)", per_m <= 10))
     for r in results:
@@ -1169,6 +1214,10 @@ def main(argv=None) -> int:
     parser.add_argument("--raw-runs", type=int, default=5, help="timed runs of the raw SQL aggregate")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
     parser.add_argument("--keep", action="store_true", help=f"keep {DB_NAME} (the last size) for profiling")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help=f"skip create/load/rollups: measure the server on the {DB_NAME} a --keep run left (kept again)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--db-name", default=DB_NAME)
     parser.add_argument("--pg-host", default="127.0.0.1")
@@ -1192,6 +1241,8 @@ def main(argv=None) -> int:
         parser.error("--days must be 2..90 (older raw events are outside the retention window)")
     if args.requests < 1:
         parser.error("--requests must be at least 1")
+    if args.reuse:
+        sizes, args.keep = sizes[:1], True  # one database to measure, and it is not ours to drop
     args.secret_key = secrets.token_urlsafe(50)
     code = code_version()
     log(f"code: {code}")
@@ -1229,7 +1280,9 @@ def main(argv=None) -> int:
     if results:
         print("\n" + "\n".join(summary_lines(results, args)))
         print("\n".join(target_lines(results)))
-        noise = max(max(r["rollup"]["other"], r["dashboard_other"], r["budget"]["other"]) for r in results)
+        noise = max(
+            max((r["rollup"] or {}).get("other", 0), r["dashboard_other"], r["budget"]["other"]) for r in results
+        )
         print(
             f"server: gunicorn {args.workers} sync workers; {os.cpu_count()} CPU cores shared by the load generator, "
             f"gunicorn and PostgreSQL {server_version(args)}; {args.orgs} organizations, the first one measured; "
