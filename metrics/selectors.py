@@ -24,7 +24,7 @@ from teams.access import AccessScope
 
 from . import sketch
 from .models import BatchRun, CacheStat, DailyRollup, DirtyDay, DirtyHour, HourlyRollup, UsageEvent
-from .rollups import DAY, HOUR, day_of, hour_of
+from .rollups import DAY, HOUR, SUM_FIELDS, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
 
@@ -396,20 +396,7 @@ def top_usage(*, scope: AccessScope, filters: EventFilter, dimension: str, limit
 HOURLY_UP_TO = timedelta(days=7)  # ranges up to this are charted per hour, longer ones per UTC day
 BATCH_SPLIT_UP_TO = timedelta(days=7)  # the batched/unbatched split reads raw events: short ranges only
 
-_PANEL_FIELDS = (
-    "requests",
-    "prompt_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "total_tokens",
-    "cost",
-    "errors",
-    "cache_hits",
-    "unpriced",
-    "latency_sum_ms",
-    "ttft_sum_ms",
-    "ttft_count",
-)
+_PANEL_FIELDS = SUM_FIELDS  # every figure a rollup row keeps
 _ROLLUP_PANEL_SUMS = {name: Sum(name) for name in _PANEL_FIELDS}
 _RAW_PANEL_SUMS = {
     **_RAW_SUMS,
