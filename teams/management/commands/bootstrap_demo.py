@@ -52,6 +52,7 @@ class Command(BaseCommand):
                     "",
                     f"  llmcost is starting on {base_url}",
                     f"  Admin login:  {base_url}/admin/   user {username}   password {password}",
+                    f"  Dashboard:    {base_url}/o/{DEMO_SLUG}/ (same login)",
                     f"  Ingest token: {token}",
                     "  Send a first event:",
                     f"    curl -s -X POST {base_url}/api/v1/metrics/track \\",
