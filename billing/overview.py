@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from django.db.models import Sum
-
-from metrics.selectors import EventFilter, _sources  # grouped sums over the same three sources
+from metrics.selectors import EventFilter, usage_by
 from teams.access import AccessScope
 
 from .models import Budget
@@ -57,18 +55,12 @@ class BudgetRow:
 
 
 def _grouped_cost(scope: AccessScope, filters: EventFilter, *, per_user: bool, user_ids: set[str]) -> dict:
-    """Cost keyed by team id (or by (team id, user_id)) over rollups and raw events."""
-    sources = _sources(scope, filters, per_user=per_user)
-    keys = ("team", "user_id") if per_user else ("team",)
-    totals: dict = defaultdict(Decimal)
-    querysets = [*sources.rollups, *([sources.raw] if sources.raw is not None else [])]
-    for queryset in querysets:
-        if per_user:
-            queryset = queryset.filter(user_id__in=user_ids)
-        for row in queryset.values(*keys).annotate(cost=Sum("cost")).order_by():
-            key = (row["team"], row["user_id"]) if per_user else row["team"]
-            totals[key] += row["cost"] or 0
-    return totals
+    """Cost keyed by team id (or by (team id, user_id))."""
+    if per_user:
+        grouped = usage_by(scope=scope, filters=filters, fields=("team", "user_id"), user_ids=user_ids)
+        return {key: values["cost"] for key, values in grouped.items()}
+    grouped = usage_by(scope=scope, filters=filters, fields=("team",))
+    return {key[0]: values["cost"] for key, values in grouped.items()}
 
 
 def budget_rows(budgets: list[Budget], now: datetime | None = None) -> list[BudgetRow]:

@@ -366,24 +366,36 @@ def recent_requests(*, events: QuerySet[UsageEvent], limit: int) -> list[dict]:
     return rows
 
 
+def usage_by(
+    *, scope: AccessScope, filters: EventFilter, fields: tuple[str, ...], user_ids: set[str] | None = None
+) -> dict[tuple, dict]:
+    """Cost and requests grouped by `fields` (e.g. ("team",), ("model",), ("team", "user_id")).
+
+    One grouped query per source (daily rows, hourly rows, raw tail), never one per group. Grouping
+    by user reads the per-user rollup rows; `user_ids` narrows the answer to those users.
+    """
+    sources = _sources(scope, filters, per_user="user_id" in fields)
+    parts = [(queryset, Sum("requests")) for queryset in sources.rollups]
+    if sources.raw is not None:
+        parts.append((sources.raw, Count("id")))
+    totals: dict[tuple, dict] = {}
+    for queryset, requests in parts:
+        if user_ids is not None:
+            queryset = queryset.filter(user_id__in=user_ids)
+        for row in queryset.values(*fields).annotate(cost=Sum("cost"), requests=requests).order_by():
+            entry = totals.setdefault(tuple(row[name] for name in fields), {"cost": Decimal(0), "requests": 0})
+            entry["cost"] += row["cost"] or 0
+            entry["requests"] += row["requests"] or 0
+    return totals
+
+
 def top_usage(*, scope: AccessScope, filters: EventFilter, dimension: str, limit: int = 5) -> list[dict]:
     """The biggest spenders by `model` or `user_id` for a range: [{name, cost, requests}], costliest first."""
     if dimension not in ("model", "user_id"):
         raise ValueError(dimension)
-    sources = _sources(scope, filters, per_user=dimension == "user_id")
-    totals: dict[str, dict] = {}
-    for queryset in sources.rollups:
-        for row in queryset.values(dimension).annotate(cost=Sum("cost"), requests=Sum("requests")).order_by():
-            entry = totals.setdefault(row[dimension], {"cost": Decimal(0), "requests": 0})
-            entry["cost"] += row["cost"] or 0
-            entry["requests"] += row["requests"] or 0
-    if sources.raw is not None:
-        for row in sources.raw.values(dimension).annotate(cost=Sum("cost"), requests=Count("id")).order_by():
-            entry = totals.setdefault(row[dimension], {"cost": Decimal(0), "requests": 0})
-            entry["cost"] += row["cost"] or 0
-            entry["requests"] += row["requests"]
+    totals = usage_by(scope=scope, filters=filters, fields=(dimension,))
     ranked = sorted(totals.items(), key=lambda item: (-item[1]["cost"], item[0]))[:limit]
-    return [{"name": name, **values} for name, values in ranked]
+    return [{"name": key[0], **values} for key, values in ranked]
 
 
 # --- the dashboard page ----------------------------------------------------------------------------

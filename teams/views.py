@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -14,7 +13,7 @@ from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import PermissionDenied
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -24,7 +23,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from billing.models import Budget, BudgetAlert
 from billing.overview import budget_rows
-from metrics.selectors import EventFilter, _sources, top_usage
+from metrics.selectors import EventFilter, top_usage, usage_by
 
 from .access import AccessScope
 from .forms import LAST_OWNER, MemberAddForm, MemberEditForm, TokenForm, edit_refusal, is_last_owner
@@ -43,18 +42,8 @@ def month_start(organization: Organization, now: datetime) -> datetime:
 
 
 def spend_by_team(scope: AccessScope, filters: EventFilter) -> dict[int, dict]:
-    """Cost and request count per visible team, from rollups plus the raw tail (a few grouped queries)."""
-    sources = _sources(scope, filters)
-    totals: dict[int, dict] = defaultdict(lambda: {"cost": Decimal(0), "requests": 0})
-    for queryset in sources.rollups:
-        for row in queryset.values("team").annotate(cost=Sum("cost"), requests=Sum("requests")).order_by():
-            totals[row["team"]]["cost"] += row["cost"] or 0
-            totals[row["team"]]["requests"] += row["requests"] or 0
-    if sources.raw is not None:
-        for row in sources.raw.values("team").annotate(cost=Sum("cost"), requests=Count("id")).order_by():
-            totals[row["team"]]["cost"] += row["cost"] or 0
-            totals[row["team"]]["requests"] += row["requests"]
-    return totals
+    """Cost and request count per visible team, from rollups plus the raw tail."""
+    return {key[0]: values for key, values in usage_by(scope=scope, filters=filters, fields=("team",)).items()}
 
 
 # --- teams --------------------------------------------------------------------------------------
