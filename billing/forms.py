@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from typing import cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -77,11 +78,12 @@ class BudgetForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.scope = scope
         self.instance = instance
-        self.fields["team"].queryset = scope.teams().order_by("alias")
+        team = cast(TeamChoiceField, self.fields["team"])
+        team.queryset = scope.teams().order_by("alias")
         if scope.team_ids is not None:
-            self.fields["team"].required = True
-            self.fields["team"].empty_label = None
-            self.fields["team"].help_text = "You manage only some teams, so budgets are set per team."
+            team.required = True
+            team.empty_label = None
+            team.help_text = "You manage only some teams, so budgets are set per team."
 
     def clean_amount_usd(self) -> Decimal:
         amount = self.cleaned_data["amount_usd"]
@@ -122,7 +124,7 @@ class BudgetForm(forms.Form):
         return self.cleaned_data["user_id"].strip()
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if cleaned.get("user_id") and not cleaned.get("team") and "team" not in self.errors:
             self.add_error("user_id", "A user budget needs a team: pick the team whose events carry this user.")
         return cleaned

@@ -100,7 +100,7 @@ class Budget(models.Model):
         return f"{self.scope_label}: ${self.amount_usd} {self.period}"
 
     def clean(self) -> None:
-        if self.team_id is not None and self.team.organization_id != self.organization_id:
+        if self.team is not None and self.team.organization_id != self.organization_id:
             raise ValidationError({"team": "This team belongs to another organization."})
         if self.user_id and self.team_id is None:
             raise ValidationError({"user_id": "A user budget needs a team."})
@@ -109,7 +109,7 @@ class Budget(models.Model):
 
     @property
     def scope_label(self) -> str:
-        if self.team_id is None:
+        if self.team is None:
             return f"{self.organization.slug} (organization)"
         if self.user_id:
             return f"{self.organization.slug}/{self.team.alias} user {self.user_id}"

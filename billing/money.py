@@ -7,8 +7,10 @@ units), and a 64-bit integer still holds sums up to $922 million. In Python valu
 """
 
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TYPE_CHECKING
 
 from django.db import models
+from django.db.models.expressions import Combinable
 
 SCALE = 10
 QUANTUM = Decimal(1).scaleb(-SCALE)
@@ -22,7 +24,13 @@ def from_units(value: int) -> Decimal:
     return Decimal(int(value)).scaleb(-SCALE)
 
 
-class MoneyField(models.BigIntegerField):
+if TYPE_CHECKING:  # for type checkers: assigned Decimals (or ints, strings), read back as Decimal
+    _MoneyBase = models.BigIntegerField[Decimal | int | str | Combinable, Decimal]
+else:
+    _MoneyBase = models.BigIntegerField
+
+
+class MoneyField(_MoneyBase):
     description = "USD amount (stored as integer 1e-10 USD units)"
 
     def from_db_value(self, value, expression, connection):

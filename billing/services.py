@@ -292,7 +292,7 @@ def _alert_message(alert: BudgetAlert, recipients: list[str], now: datetime) -> 
     )
     period = EventFilter(start=start, end=min(end, now), user_id=budget.user_id or None)
     zone = ZoneInfo(budget.organization.time_zone)
-    team_query = f"?team={budget.team.alias}" if budget.team_id else ""
+    team_query = f"?team={budget.team.alias}" if budget.team else ""
     context = {
         "alert": alert,
         "budget": budget,

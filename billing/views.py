@@ -23,7 +23,7 @@ def _budgets(scope: AccessScope):
 
 def _label(budget: Budget) -> str:
     return budget.name or (
-        "Organization" if budget.team_id is None
+        "Organization" if budget.team is None
         else f"{budget.team.alias} · {budget.user_id}" if budget.user_id else budget.team.alias
     )
 

@@ -7,7 +7,7 @@ from rest_framework.views import exception_handler
 
 
 def error_body(message: str, errors: dict | None = None) -> dict:
-    body = {"status": "error", "message": message}
+    body: dict = {"status": "error", "message": message}
     if errors:
         body["errors"] = errors
     return body

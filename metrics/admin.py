@@ -13,7 +13,7 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list[: self.CAP + 1].count()  # COUNT(*) over a LIMITed subquery
+        return self.object_list[: self.CAP + 1].count()  # type: ignore[attr-defined]  # COUNT(*) over a LIMITed subquery
 
 
 class NoFullCountAdmin(admin.ModelAdmin):

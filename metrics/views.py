@@ -16,6 +16,7 @@ import csv
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -81,7 +82,7 @@ class FilterForm(forms.Form):
     min_cost = forms.DecimalField(required=False, min_value=0, max_digits=20, decimal_places=10, label="Min cost")
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         if self.errors:
             return data
         chosen = data.get("range") or ("custom" if data.get("start") or data.get("end") else "24h")
@@ -318,7 +319,7 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
     records = batches["records"]
     if events_split is not None:
         batched, unbatched = events_split["batched"], events_split["unbatched"]
-        batch = {
+        batch: dict[str, Any] = {
             "share": percent(100 * batched["requests"] / totals["requests"]) if totals["requests"] else "—",
             "batched_requests": thousands(batched["requests"]),
             "per1k_batched": per_thousand_tokens(batched["cost"], batched["tokens"]),

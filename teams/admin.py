@@ -5,7 +5,7 @@ from .models import ApiToken, Membership, Organization, Team
 from .services import token_create, token_revoke
 
 
-class TeamChoicesMixin:
+class TeamChoicesMixin(admin.options.BaseModelAdmin):
     """Team choices name their organization (`org/alias`): read it with the teams, not once per option."""
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
@@ -55,7 +55,7 @@ class ApiTokenAdminForm(forms.ModelForm):
         fields = ("organization", "team", "name", "can_ingest", "can_read", "revoked_at")
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         organization = cleaned.get("organization") or getattr(self.instance, "organization", None)
         team = cleaned.get("team")
         if team is not None and organization is not None and team.organization_id != organization.pk:

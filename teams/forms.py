@@ -9,6 +9,8 @@ Role rules (owners and admins manage; the owner role is the owners' own business
 
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
@@ -19,14 +21,18 @@ from .models import Membership, Role, Team
 LAST_OWNER = "The organization needs at least one owner: make someone else an owner first."
 
 
+def team_label(team: Team) -> str:
+    return team.alias if not team.name or team.name == team.alias else f"{team.alias} ({team.name})"
+
+
 class TeamChoiceField(forms.ModelChoiceField):
-    def label_from_instance(self, team: Team) -> str:
-        return team.alias if not team.name or team.name == team.alias else f"{team.alias} ({team.name})"
+    def label_from_instance(self, obj: Team) -> str:
+        return team_label(obj)
 
 
 class TeamsChoiceField(forms.ModelMultipleChoiceField):
-    def label_from_instance(self, team: Team) -> str:
-        return TeamChoiceField.label_from_instance(self, team)
+    def label_from_instance(self, obj: Team) -> str:
+        return team_label(obj)
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -47,14 +53,15 @@ class TokenForm(forms.Form):
     def __init__(self, scope: AccessScope, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.scope = scope
-        self.fields["team"].queryset = scope.teams().order_by("alias")
+        team = cast(TeamChoiceField, self.fields["team"])
+        team.queryset = scope.teams().order_by("alias")
         if scope.team_ids is not None:
-            self.fields["team"].required = True
-            self.fields["team"].empty_label = None
-            self.fields["team"].help_text = "You see only some teams, so your tokens are pinned to one of them."
+            team.required = True
+            team.empty_label = None
+            team.help_text = "You see only some teams, so your tokens are pinned to one of them."
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if not cleaned.get("can_ingest") and not cleaned.get("can_read"):
             self.add_error("can_ingest", "Give the token at least one scope.")
         return cleaned
@@ -109,11 +116,12 @@ class _MemberFields(forms.Form):
     def __init__(self, scope: AccessScope, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.scope = scope
-        self.fields["role"].choices = role_choices(scope)
-        self.fields["teams"].queryset = scope.teams().order_by("alias")
+        cast(forms.ChoiceField, self.fields["role"]).choices = role_choices(scope)
+        teams = cast(TeamsChoiceField, self.fields["teams"])
+        teams.queryset = scope.teams().order_by("alias")
         if scope.team_ids is not None:
-            self.fields["teams"].required = True
-            self.fields["teams"].help_text = "You manage only some teams: pick at least one of them."
+            teams.required = True
+            teams.help_text = "You manage only some teams: pick at least one of them."
             self.fields["teams"].error_messages["required"] = "Pick at least one team."
 
 
