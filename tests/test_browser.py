@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from billing.services import budget_create
 from billing.templatetags.humanize_money import usd
 from metrics.templatetags.metrics_format import full_money, thousands
 from tests.conftest import event, make_price
@@ -479,15 +480,22 @@ def test_outsider_sees_nothing_of_acme(browser, live_server, acme_data):
 
 
 def test_team_page(browser, live_server, acme_data):
-    log_in(browser, live_server, "owner@acme.test", "pw-owner-1")
-    browser.get(live_server.url + "/o/acme/teams/chatbot/")
-    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Team chatbot")
-    values = [v.text for v in browser.find_elements(By.CSS_SELECTOR, ".kpis .kpi .value")]
     # This calendar month: the events of the last 100 hours may straddle the month's start.
     start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     hours = (datetime.now(UTC) - start) / timedelta(hours=1)
     month = expected(ACME_EVENTS, hours=hours, team="chatbot")
+    limit = (month["cost"] * 2).quantize(Decimal("0.01"))  # half used: the bar is half full
+    budget_create(organization=acme_data.acme, team=acme_data.chatbot, amount_usd=limit, period="monthly")
+
+    log_in(browser, live_server, "owner@acme.test", "pw-owner-1")
+    browser.get(live_server.url + "/o/acme/teams/chatbot/")
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Team chatbot")
+    values = [v.text for v in browser.find_elements(By.CSS_SELECTOR, ".kpis .kpi .value")]
     assert values[0] == usd(month["cost"])
     assert values[1] == str(month["requests"])
+    card = browser.find_element(By.CSS_SELECTOR, ".budget-card")
+    assert f"{usd(month['cost'])} of {usd(limit)}" in card.text
+    bar = card.find_element(By.CSS_SELECTOR, "[role=progressbar]")
+    assert 45 <= float(bar.get_attribute("aria-valuenow")) <= 55
     shot = screenshot(browser, "team.png")
     assert shot.stat().st_size > 10_000
