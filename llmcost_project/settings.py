@@ -4,6 +4,7 @@ A malformed value stops start-up with ImproperlyConfigured naming the variable, 
 silently falling back to a default.
 """
 
+import ipaddress
 import os
 import secrets
 import zoneinfo
@@ -104,6 +105,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First and last: request counts and latency for /metrics, measured around everything else.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -112,8 +115,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    # Last but for metrics, as django-axes asks: it turns a locked-out login into its lockout answer.
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "llmcost_project.urls"
@@ -169,6 +173,13 @@ if _test_name is None and DATABASES["default"]["ENGINE"] == "django.db.backends.
     # A file, not memory: tests start real Celery workers that must see the same database.
     _test_name = str(VAR_DIR / "test.sqlite3")
 DATABASES["default"]["TEST"] = {"NAME": _test_name}
+# The same backends wrapped by django-prometheus: query counts, errors and durations on /metrics.
+_PROMETHEUS_DB_ENGINES = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}
+_engine = DATABASES["default"]["ENGINE"]
+DATABASES["default"]["ENGINE"] = _PROMETHEUS_DB_ENGINES.get(_engine, _engine)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache and queue ------------------------------------------------------------------------
@@ -222,7 +233,7 @@ STORAGES = {
 
 # --- security (clean `check --deploy` when DEBUG is off) --------------------------------------
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes and scrapers speak plain HTTP inside
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
@@ -344,3 +355,31 @@ CELERY_BEAT_SCHEDULE = {
 BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
 # Where links in emails point.
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+# --- Prometheus (/metrics) ------------------------------------------------------------------
+# Scrapers present `Authorization: Bearer <PROMETHEUS_SCRAPE_TOKEN>` and/or connect from one of
+# PROMETHEUS_ALLOWED_NETWORKS; with neither set, /metrics answers only when DEBUG is on.
+PROMETHEUS_SCRAPE_TOKEN = env_str("PROMETHEUS_SCRAPE_TOKEN", "")
+if PROMETHEUS_SCRAPE_TOKEN and len(PROMETHEUS_SCRAPE_TOKEN) < 16:
+    raise ImproperlyConfigured("PROMETHEUS_SCRAPE_TOKEN must be at least 16 characters long")
+
+
+def _networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in env_list(name, [])]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be comma-separated addresses or networks (CIDR): {exc}") from None
+
+
+PROMETHEUS_ALLOWED_NETWORKS = _networks("PROMETHEUS_ALLOWED_NETWORKS")
+# Business metrics (from rollups) are computed at most this often; scrapes in between reuse them.
+PROMETHEUS_CACHE_SECONDS = env_int("PROMETHEUS_CACHE_SECONDS", 30)
+# Label cardinality: per organization, the costliest N models and teams keep their own label;
+# the rest are summed under "other".
+PROMETHEUS_TOP_MODELS = env_int("PROMETHEUS_TOP_MODELS", 10, minimum=1)
+PROMETHEUS_TOP_TEAMS = env_int("PROMETHEUS_TOP_TEAMS", 20, minimum=1)
+# Set for gunicorn with several workers: each worker writes its request metrics to files here and
+# /metrics merges them (prometheus_client's multiprocess mode). It must exist before the workers start.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+if PROMETHEUS_MULTIPROC_DIR and not Path(PROMETHEUS_MULTIPROC_DIR).is_dir():
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR is not a directory: {PROMETHEUS_MULTIPROC_DIR!r}")

@@ -3,6 +3,7 @@ from django.contrib.auth.views import PasswordResetView
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from metrics.prometheus import metrics_view
 from teams.forms import InvitablePasswordResetForm
 from teams.web import home
 
@@ -23,10 +24,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("metrics.urls")),
     path("api/v1/", include("billing.urls")),
+    path("", include("metrics.integrations.urls")),  # LiteLLM logs; OTLP traces at /v1/traces
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="prometheus-metrics"),
 ]
 
 handler400 = "llmcost_project.api_errors.json_or_html_400"

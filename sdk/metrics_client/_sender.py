@@ -1,0 +1,459 @@
+"""The background sender: a bounded queue, drained by one thread per client and process.
+
+Track calls only append to the queue. The thread sends events through the batch endpoint when
+`batch_size` of them wait, when the oldest has waited `flush_interval`, or when `flush()` or
+`close()` asks. A batch that cannot be delivered goes back to the head of the queue (same
+request ids, so the server counts it once whatever happened to earlier tries), and when the
+queue is full the oldest events are dropped and counted: memory stays bounded while the server
+is away, and the newest data survives.
+
+After `os.fork()` (gunicorn's pre-fork workers, multiprocessing) the child starts with an empty
+queue and no thread; its thread starts on its first track call. Queued events are the parent's
+to send. At interpreter exit every client still open is closed, which sends what is queued.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._transport import BATCH_RUN_PATH, CACHE_PATH, EVENTS_PATH, RetryPolicy, SyncTransport
+from .errors import MetricsClientError, MetricsValidationError
+from .stats import ClientStats
+
+logger = logging.getLogger("metrics_client")
+
+EVENT, CACHE_REPORT, BATCH_RUN = "event", "cache report", "batch run"
+DROP_LOG_INTERVAL = 10.0  # seconds between warnings about a full queue
+GIVE_UP_GRACE = 1.0  # seconds close() still waits for the sender after its time ran out
+MAX_LOST_DETAILS = 1000  # strict mode keeps this many lost records' details for its exception
+
+
+@dataclass
+class Item:
+    kind: str
+    payload: dict[str, Any]
+    seq: int = 0
+    queued_at: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return str(self.payload.get("request_id") or self.payload.get("batch_id") or f"#{self.seq}")
+
+
+@dataclass
+class Lost:
+    label: str
+    status: int | None
+    message: str
+    errors: dict[str, list[str]]
+
+
+@dataclass
+class Outcome:
+    sent: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[Item, Lost]] = field(default_factory=list)
+    abandoned: list[tuple[Item, Lost]] = field(default_factory=list)  # maybe recorded, not safe to repeat
+    retry: list[Item] = field(default_factory=list)
+    failure: str | None = None
+
+
+class BackgroundSender:
+    def __init__(self, transport: SyncTransport, stats: ClientStats, *, batch_size: int, flush_interval: float,
+                 max_queue_size: int, strict: bool, shutdown_timeout: float) -> None:
+        self._transport = transport
+        self._policy: RetryPolicy = transport.policy
+        self.stats = stats
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_queue_size = max_queue_size
+        self.strict = strict
+        self.shutdown_timeout = shutdown_timeout
+        self._init_state()
+        _open_senders.add(self)
+
+    def _init_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._queue: deque[Item] = deque()
+        self._in_flight: list[Item] = []
+        self._seq = 0
+        self._flush_upto = 0  # events up to this sequence number are to be sent now
+        self._pause_until = 0.0  # after a failed round, the next one waits until then
+        self._closing = False
+        self._closed = False
+        self._give_up = threading.Event()  # close() ran out of time: stop waiting and retrying
+        self._dropped_at_close = 0
+        self._thread: threading.Thread | None = None
+        self._lost: list[Lost] = []
+        self._lost_count = 0
+        self._last_failure: str | None = None
+        self._failed_rounds = 0
+        self._dropped_since_log = 0
+        self._last_drop_log = -math.inf
+
+    def _reset_after_fork(self) -> None:
+        closed = self._closing or self._closed
+        self._init_state()
+        self._closed = closed
+        self.stats._reset_after_fork()
+        self._transport._reset_after_fork()
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():  # forked without the at-fork hook (it is POSIX-only)
+            self._reset_after_fork()
+
+    # --- the caller's side ------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue) + len(self._in_flight)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._closed
+
+    def put(self, item: Item) -> bool:
+        """Queue one record; False once the client is closed. Never blocks on the network."""
+        self._check_process()
+        with self._wakeup:
+            if self._closing or self._closed:
+                return False
+            self._seq += 1
+            item.seq, item.queued_at = self._seq, time.monotonic()
+            self._queue.append(item)
+            self._drop_overflow_locked()
+            if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
+                self._wakeup.notify_all()
+        self._ensure_thread()
+        return True
+
+    def flush(self, timeout: float | None) -> bool:
+        """Send everything queued so far; True when all of it was settled within `timeout` seconds."""
+        self._check_process()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wakeup:
+            target = self._seq
+            self._flush_upto = max(self._flush_upto, target)
+            self._pause_until = 0.0  # asked to send now: try at once even after a failed round
+            self._wakeup.notify_all()
+        if self._lowest_unsettled() <= target and not self._ensure_thread():
+            self._work(until_seq=target, deadline=deadline)  # no thread possible (interpreter exit)
+        with self._wakeup:
+            while self._lowest_unsettled_locked() <= target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._wakeup.wait(remaining)
+            done = self._lowest_unsettled_locked() > target
+            unsent = len(self._queue) + len(self._in_flight)
+        if self.strict:
+            self._raise_if_lost()
+            if not done:
+                raise MetricsClientError(
+                    f"{_records(unsent)} not sent within {timeout} s"
+                    + (f"; last error: {self._last_failure}" if self._last_failure else "")
+                )
+        return done
+
+    def close(self, timeout: float | None) -> bool:
+        """Send what is queued (for up to `timeout` seconds), then stop; True when nothing was left unsent."""
+        self._check_process()
+        with self._wakeup:
+            if self._closed:
+                return True
+            self._closing = True
+            self._pause_until = 0.0
+            self._wakeup.notify_all()
+            thread = self._thread
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+            if thread.is_alive():
+                self._give_up.set()
+                with self._wakeup:
+                    self._wakeup.notify_all()
+                thread.join(GIVE_UP_GRACE)  # let a batch between retries settle; one mid-request may not
+        elif self._queue:
+            self._work(until_seq=self._seq, deadline=deadline)
+        with self._wakeup:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            if left:
+                self.stats.add(dropped=len(left))
+                self._note_lost_locked([(item, Lost(item.label, None, "not sent before close", {})) for item in left])
+            delivered = not left and not self._in_flight and not self._dropped_at_close
+        if left:
+            logger.warning("metrics_client: closed with %s unsent (last error: %s)", _records(len(left)),
+                           self._last_failure or "none; the time allowed ran out")
+        if self.strict:
+            self._raise_if_lost()
+        return delivered
+
+    # --- the sending side -------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> bool:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return True
+            if self._closed or self._give_up.is_set():
+                return False
+            thread = threading.Thread(target=self._run_thread, name="metrics-client-sender", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                return False
+            self._thread = thread
+            return True
+
+    def _run_thread(self) -> None:
+        try:
+            self._work()
+        except BaseException:  # pragma: no cover - _work handles its own errors; this is the last guard
+            logger.exception("metrics_client: the sender thread stopped")
+
+    def _work(self, *, until_seq: int | None = None, deadline: float | None = None) -> None:
+        """Send batches: forever in the sender thread (until closed), or inline up to `until_seq`."""
+        while True:
+            with self._wakeup:
+                batch = self._next_batch_locked(until_seq, deadline)
+                if batch is None:
+                    return
+                self._in_flight = batch
+            try:
+                outcome = self._deliver(batch)
+            except Exception as exc:  # a bug here must not kill the sender and strand the queue
+                logger.exception("metrics_client: sending failed unexpectedly")
+                outcome = Outcome(retry=list(batch), failure=f"{type(exc).__name__}: {exc}")
+            with self._wakeup:
+                self._in_flight = []
+                self._settle_locked(outcome)
+                self._wakeup.notify_all()
+
+    def _next_batch_locked(self, until_seq: int | None, deadline: float | None) -> list[Item] | None:
+        while True:
+            if self._give_up.is_set():
+                return None
+            if until_seq is not None and self._lowest_unsettled_locked() > until_seq:
+                return None
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            wait: float | None = None
+            if self._queue:
+                head = self._queue[0]
+                urgent = (self._closing or until_seq is not None or head.seq <= self._flush_upto
+                          or len(self._queue) >= self.batch_size)
+                ready_at = max(now if urgent else head.queued_at + self.flush_interval, self._pause_until)
+                if now >= ready_at:
+                    return self._take_locked()
+                wait = ready_at - now
+            elif self._closing:
+                return None
+            if deadline is not None:
+                wait = deadline - now if wait is None else min(wait, deadline - now)
+            self._wakeup.wait(wait)
+
+    def _take_locked(self) -> list[Item]:
+        batch = [self._queue.popleft()]
+        if batch[0].kind == EVENT:
+            while self._queue and len(batch) < self.batch_size and self._queue[0].kind == EVENT:
+                batch.append(self._queue.popleft())
+        return batch
+
+    def _deliver(self, batch: list[Item]) -> Outcome:
+        outcome = Outcome()
+        if batch[0].kind == EVENT:
+            self._send_events(batch, outcome)
+            return outcome
+        item = batch[0]
+        # A batch run is stored once per batch_id; a cache report has no key, so it is repeated
+        # only after failures that prove the server never processed it.
+        repeatable = item.kind == BATCH_RUN
+        path = BATCH_RUN_PATH if item.kind == BATCH_RUN else CACHE_PATH
+        reply = self._transport.request("POST", path, body=item.payload, repeatable=repeatable, stop=self._give_up)
+        if reply.ok:
+            if isinstance(reply.body, dict) and reply.body.get("duplicate"):
+                outcome.duplicates += 1
+            else:
+                outcome.sent += 1
+        elif RetryPolicy.may_repeat(reply, repeatable=repeatable):
+            outcome.retry.append(item)
+            outcome.failure = reply.message()
+        elif reply.retryable:
+            lost = Lost(item.label, reply.status, f"{reply.message()} (may or may not be recorded)", {})
+            outcome.abandoned.append((item, lost))
+        else:
+            outcome.rejected.append((item, Lost(item.label, reply.status, reply.message(), reply.field_errors())))
+        return outcome
+
+    def _send_events(self, items: list[Item], outcome: Outcome) -> None:
+        reply = self._transport.request("POST", EVENTS_PATH, body={"events": [item.payload for item in items]},
+                                        stop=self._give_up)
+        if reply.status == 413 and len(items) > 1:  # body over the server's limit: halve until it fits
+            half = len(items) // 2
+            self._send_events(items[:half], outcome)
+            self._send_events(items[half:], outcome)
+            return
+        if RetryPolicy.may_repeat(reply):
+            outcome.retry.extend(items)
+            outcome.failure = reply.message()
+            return
+        body = reply.body if isinstance(reply.body, dict) else {}
+        if reply.status not in (200, 400) or not isinstance(body.get("rejected"), list):
+            for item in items:  # refused as a whole: bad token, missing scope, unexpected answer
+                outcome.rejected.append((item, Lost(item.label, reply.status, reply.message(), reply.field_errors())))
+            return
+        answered = set()
+        for result in body.get("results") or []:
+            index = result.get("index") if isinstance(result, dict) else None
+            if isinstance(index, int) and 0 <= index < len(items):
+                answered.add(index)
+                if result.get("duplicate"):
+                    outcome.duplicates += 1
+                else:
+                    outcome.sent += 1
+        for rejection in body["rejected"]:
+            index = rejection.get("index") if isinstance(rejection, dict) else None
+            if isinstance(index, int) and 0 <= index < len(items):
+                answered.add(index)
+                errors = rejection.get("errors") if isinstance(rejection.get("errors"), dict) else {}
+                item = items[index]
+                # 400 whatever the batch's status (200 when others were stored): this event was invalid.
+                outcome.rejected.append((item, Lost(item.label, 400, "rejected by the server", errors)))
+        for index, item in enumerate(items):
+            if index not in answered:
+                lost = Lost(item.label, reply.status, "the server's answer did not mention this event", {})
+                outcome.rejected.append((item, lost))
+
+    def _settle_locked(self, outcome: Outcome) -> None:
+        self.stats.add(sent=outcome.sent, duplicates=outcome.duplicates, rejected=len(outcome.rejected))
+        for item, lost in outcome.rejected:
+            logger.warning("metrics_client: %s %s rejected: %s %s", item.kind, lost.label, lost.message,
+                           lost.errors or "")
+        self._note_lost_locked(outcome.rejected)
+        if outcome.abandoned:
+            self.stats.add(failures=len(outcome.abandoned))
+            for item, lost in outcome.abandoned:
+                logger.error("metrics_client: %s %s not sent: %s", item.kind, lost.label, lost.message)
+            self._note_lost_locked(outcome.abandoned)
+        if outcome.retry:
+            self.stats.add(failures=1)
+            self._last_failure = outcome.failure
+            if self._give_up.is_set() or self._closed:
+                self._dropped_at_close += len(outcome.retry)
+                self.stats.add(dropped=len(outcome.retry))
+                logger.warning("metrics_client: closed with %s unsent (last error: %s)",
+                               _records(len(outcome.retry)), outcome.failure)
+                self._note_lost_locked([(item, Lost(item.label, None, outcome.failure or "", {}))
+                                        for item in outcome.retry])
+                return
+            self._queue.extendleft(reversed(outcome.retry))
+            self._drop_overflow_locked()
+            pause = self._policy.backoff(self._policy.max_retries)
+            self._pause_until = time.monotonic() + pause
+            self._failed_rounds += 1
+            # While the server stays away, one warning per ten failed rounds is enough.
+            log = logger.warning if self._failed_rounds % 10 == 1 else logger.info
+            log("metrics_client: could not send %s (%s); %d failed attempts in a row, trying again in %.1f s",
+                _records(len(outcome.retry)), outcome.failure, self._failed_rounds, pause)
+        elif outcome.sent or outcome.duplicates:
+            if self._failed_rounds:
+                logger.warning("metrics_client: sending again after %d failed attempts", self._failed_rounds)
+            self._failed_rounds = 0
+            self._last_failure = None
+
+    def _drop_overflow_locked(self) -> None:
+        dropped = []
+        while len(self._queue) > self.max_queue_size:
+            dropped.append(self._queue.popleft())
+        if not dropped:
+            return
+        self.stats.add(dropped=len(dropped))
+        self._note_lost_locked([(item, Lost(item.label, None, "dropped: the queue was full", {})) for item in dropped])
+        self._dropped_since_log += len(dropped)
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            logger.warning("metrics_client: queue full (%s); dropped the %d oldest (%d in all so far)",
+                           _records(self.max_queue_size), self._dropped_since_log, self.stats.dropped)
+            self._dropped_since_log, self._last_drop_log = 0, now
+
+    def _note_lost_locked(self, entries: list[tuple[Item, Lost]]) -> None:
+        if not self.strict or not entries:
+            return
+        self._lost_count += len(entries)
+        room = MAX_LOST_DETAILS - len(self._lost)
+        self._lost.extend(lost for _, lost in entries[:max(room, 0)])
+
+    def _raise_if_lost(self) -> None:
+        with self._lock:
+            lost, count = self._lost, self._lost_count
+            self._lost, self._lost_count = [], 0
+        if not count:
+            return
+        errors: dict[str, list[str]] = {}
+        for entry in lost:
+            for name, messages in entry.errors.items():
+                for message in messages:
+                    if message not in errors.setdefault(name, []):
+                        errors[name].append(message)
+        statuses = [entry.status for entry in lost if entry.status is not None]
+        kind = MetricsValidationError if errors else MetricsClientError
+        raise kind(f"{_records(count)} not stored; first: {lost[0].label}: {lost[0].message}",
+                   status_code=statuses[-1] if statuses else None, errors=errors,
+                   request_ids=[entry.label for entry in lost])
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _lowest_unsettled(self) -> float:
+        with self._lock:
+            return self._lowest_unsettled_locked()
+
+    def _lowest_unsettled_locked(self) -> float:
+        # In-flight items are older than queued ones (taken from, and put back at, the head).
+        if self._in_flight:
+            return self._in_flight[0].seq
+        if self._queue:
+            return self._queue[0].seq
+        return math.inf
+
+
+def _records(count: int) -> str:
+    return f"{count} record" if count == 1 else f"{count} records"
+
+
+_open_senders: weakref.WeakSet[BackgroundSender] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sender in list(_open_senders):
+        sender._reset_after_fork()
+
+
+def _close_at_exit(sender: BackgroundSender) -> None:
+    try:
+        sender.close(sender.shutdown_timeout)
+    except Exception:  # strict mode's report at exit: log it, the process is ending anyway
+        logger.exception("metrics_client: records lost at exit")
+
+
+def _close_all_at_exit() -> None:
+    for sender in list(_open_senders):
+        _close_at_exit(sender)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
