@@ -272,6 +272,7 @@ def test_a_bad_ndjson_line_is_rejected_alone(world):
         (b"42", "application/json", "LiteLLM logs"),
         (b"[1, NaN]", "application/json", "NaN"),
         (b"\n\n", "application/x-ndjson", "empty"),
+        (b"[]", "application/json", "no LiteLLM log"),
     ],
 )
 def test_it_answers_400_naming_the_problem_with_a_malformed_body(world, body, content_type, needle):
@@ -281,6 +282,22 @@ def test_it_answers_400_naming_the_problem_with_a_malformed_body(world, body, co
     assert response.json()["status"] == "error"
     assert needle in response.json()["message"]
     assert not UsageEvent.objects.exists()
+
+
+@pytest.mark.parametrize("start", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z"])
+def test_a_time_outside_the_epoch_range_is_rejected_naming_it(world, start):
+    response = post(world.ingest, [log("success", startTime=start)])
+
+    assert response.status_code == 400
+    assert "startTime" in response.json()["rejected"][0]["errors"]
+
+
+def test_a_team_name_with_nothing_an_alias_can_hold_goes_to_the_default_team(world):
+    post(world.ingest, [log("success", metadata={"user_api_key_team_alias": "日本"})])
+
+    event = UsageEvent.objects.get()
+    assert event.team.is_default
+    assert event.metadata["litellm_team_alias"] == "日本"
 
 
 def test_it_answers_400_when_no_log_is_valid(world):

@@ -223,6 +223,17 @@ def test_a_resent_export_counts_once(world):
     assert sum(e.cost for e in UsageEvent.objects.all()) == Decimal("0.012")
 
 
+def test_a_large_export_is_stored_whole_in_batches(world, settings):
+    settings.API_MAX_BATCH_EVENTS = 3
+    request = export(*(span(chat()) for _ in range(8)))
+
+    response = send(world.ingest, request)
+
+    assert response.status_code == 200
+    assert not answer(response).HasField("partial_success")
+    assert UsageEvent.objects.count() == 8
+
+
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/x-protobuf; proto=x"])
 def test_it_accepts_media_type_parameters(world, content_type):
     call = span(chat())

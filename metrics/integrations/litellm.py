@@ -148,7 +148,14 @@ def _seconds(log: dict, name: str, errors: dict[str, list[str]]) -> Decimal | No
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)  # LiteLLM's own times are UTC
-        return Decimal(str(moment.timestamp()))
+        try:
+            value = Decimal(str(moment.timestamp()))
+        except (OverflowError, ValueError):  # e.g. year 1 at +05:00 is before year 1 in UTC
+            value = Decimal(-1)
+        if not 0 <= value < LATEST_EPOCH_SECONDS:
+            errors.setdefault(name, []).append("must be a time between 1970 and 5000")
+            return None
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or not Decimal(value).is_finite():
         errors.setdefault(name, []).append("must be epoch seconds (a number)")
         return None
@@ -252,13 +259,16 @@ def usage_event(log: Any) -> EventIn:
         fields["response_cost"] = log["response_cost"]
 
     team_name = metadata.get("user_api_key_team_alias")
-    if isinstance(team_name, str) and team_alias_from_name(team_name):
+    if isinstance(team_name, str) and team_name.strip():
         # LiteLLM team aliases are display names ("ML Platform"); the logger never retries, so a
-        # name our aliases cannot hold becomes one ("ML-Platform") rather than losing the call.
-        fields["team_alias"] = team_alias_from_name(team_name)
-        if fields["team_alias"] != team_name:
+        # name our aliases cannot hold becomes one ("ML-Platform") rather than losing the call,
+        # and a name with nothing to keep ("日本") leaves the call to the default team.
+        alias = team_alias_from_name(team_name)
+        if alias:
+            fields["team_alias"] = alias
+        if alias != team_name:
             extra["litellm_team_alias"] = team_name[:200]
-    elif _present(team_name):
+    elif _present(team_name) and not isinstance(team_name, str):
         fields["team_alias"] = team_name  # not text: rejected naming the field
     if _present(metadata.get("user_api_key_user_id")):
         fields["user_id"] = metadata["user_api_key_user_id"]

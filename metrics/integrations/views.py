@@ -57,6 +57,8 @@ class LiteLLMLogsView(APIView):
             logs = litellm.split_logs(read_body(request), content_type=media_type(request))
         except MalformedBody as exc:
             raise ParseError(str(exc)) from None
+        if not logs:
+            raise ParseError("The body holds no LiteLLM log.")
         if len(logs) > settings.API_MAX_BATCH_EVENTS:
             raise ApiValidationError(
                 {"non_field_errors": [f"At most {settings.API_MAX_BATCH_EVENTS} logs per request; "
@@ -122,9 +124,12 @@ class OtlpTracesView(APIView):
             raise ParseError(str(exc)) from None
 
         conversion = otlp.usage_events(export)
-        _, unknown_team = (
-            usage_events_record(token=request.auth, events=conversion.events) if conversion.events else ([], [])
-        )
+        # Collectors batch thousands of spans per export: store them in batches of the size
+        # /api/v1/events allows, so no transaction grows with the body (a retry stores each span once).
+        unknown_team = []
+        step = settings.API_MAX_BATCH_EVENTS
+        for start in range(0, len(conversion.events), step):
+            unknown_team += usage_events_record(token=request.auth, events=conversion.events[start : start + step])[1]
         reasons = [reason for _, reason in sorted(conversion.rejected)]
         reasons += [
             f"{conversion.labels[r.index]}: "
