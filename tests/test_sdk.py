@@ -365,6 +365,53 @@ def test_strict_mode_raises_on_a_bad_field(world, server, make_client):
     assert client.stats.rejected == 6
 
 
+def nested_dict(depth: int) -> dict:
+    """A dict `depth` levels deep: deeper than Python's recursion limit lets json encode."""
+    value: dict = {}
+    for _ in range(depth):
+        value = {"inner": value}
+    return value
+
+
+class Unusable:
+    """A value whose own comparison fails, as a buggy caller-defined type's might."""
+
+    def __eq__(self, other):
+        raise TypeError("cannot compare")
+
+    __hash__ = object.__hash__
+
+
+def test_values_python_cannot_convert_are_field_errors_not_exceptions(world, make_client, caplog):
+    # Nothing here reaches the network: the values are refused before anything is queued.
+    caplog.set_level(logging.WARNING, logger="metrics_client")
+    client = make_client(f"http://127.0.0.1:{free_port()}", world.ingest)
+    assert client.track_request("test-model", latency_ms=10**400)["errors"] == {"latency_ms": ["is too large"]}
+    assert client.track_request("test-model", response_cost=10**400)["errors"] == {
+        "response_cost": ["is too large"]}
+    assert client.track_request("test-model", metadata=nested_dict(5000))["errors"] == {
+        "metadata": ["is nested too deeply"]}
+    answer = client.track_request("test-model", status=Unusable())
+    assert answer["status"] == "error"
+    assert answer["errors"]["status"][0].startswith("is not usable (TypeError")
+    assert client.track_cache_metrics(1, 2, avg_lookup_time_ms=10**400)["errors"] == {
+        "avg_lookup_time_ms": ["is too large"]}
+    assert client.track_batch("b1", 10, batch_latency_ms=10**400)["errors"] == {
+        "batch_latency_ms": ["is too large"]}
+    assert client.stats.rejected == 6
+    assert client.pending == 0
+    assert caplog.text.count("not recorded") == 6
+
+    strict = make_client(f"http://127.0.0.1:{free_port()}", world.ingest, strict=True)
+    with pytest.raises(MetricsValidationError) as caught:
+        strict.track_request("test-model", latency_ms=10**400, metadata=nested_dict(5000))
+    assert caught.value.errors == {"latency_ms": ["is too large"], "metadata": ["is nested too deeply"]}
+    with pytest.raises(MetricsValidationError) as caught:
+        strict.track_batch("b1", 10, status=Unusable())
+    assert list(caught.value.errors) == ["status"]
+    assert strict.stats.rejected == 2
+
+
 def test_default_mode_never_raises(world, server, make_client, caplog):
     caplog.set_level(logging.WARNING, logger="metrics_client")
     bad_token = make_client(server.url, "lc_not_a_token")
@@ -395,6 +442,36 @@ def test_default_mode_never_raises(world, server, make_client, caplog):
     assert nowhere.stats.dropped == 2
     assert nowhere.track_request(**CALL)["status"] == "error"  # closed
     assert nowhere.stats.dropped == 3
+
+
+def test_without_a_sender_thread_flush_and_close_keep_to_their_timeout(world, make_client, monkeypatch):
+    # At interpreter shutdown no thread can start (Thread.start raises RuntimeError), so flush()
+    # and close() send in the caller's thread. With the server away, the default retries would
+    # take well over `timeout`; the exit hook must not hang the process that long.
+    start_thread = threading.Thread.start
+
+    def start_unless_sender(thread):
+        if thread.name == "metrics-client-sender":
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start_thread(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_sender)
+    client = make_client(f"http://127.0.0.1:{free_port()}", world.ingest, max_retries=5, backoff_base=0.5,
+                         backoff_max=30.0)
+    for _ in range(3):
+        assert client.track_request(**CALL)["status"] == "queued"
+    assert client._sender._thread is None  # the inline path is the one under test
+
+    started = time.monotonic()
+    assert client.flush(timeout=2) is False
+    assert time.monotonic() - started < 3
+    assert client.pending == 3  # kept for a later try, not lost
+
+    started = time.monotonic()
+    assert client.close(timeout=2) is False
+    assert time.monotonic() - started < 3
+    assert client.stats.dropped == 3
+    assert client.stats.sent == 0
 
 
 # --- configuration ------------------------------------------------------------------------------------

@@ -78,9 +78,16 @@ def _integer(value: Any) -> int:
         raise ValueError("must be an integer")
     if isinstance(value, numbers.Integral):
         return int(value)
-    if not math.isfinite(float(value)) or value != int(value):
+    if not math.isfinite(_float(value)) or value != int(value):
         raise ValueError("must be a whole number")
     return int(value)
+
+
+def _float(value: numbers.Real) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int (or Fraction) beyond a float's range, e.g. 10**400
+        raise ValueError("is too large") from None
 
 
 def _number(value: Any) -> float | Decimal:
@@ -90,7 +97,7 @@ def _number(value: Any) -> float | Decimal:
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError("must be a number")
-    number = float(value)
+    number = _float(value)
     if not math.isfinite(number):
         raise ValueError("must be a finite number")
     return number
@@ -139,7 +146,9 @@ def _object(value: Any) -> dict:
     value = dict(value)
     try:
         dumps(value)
-    except (TypeError, ValueError) as exc:
+    except RecursionError:
+        raise ValueError("is nested too deeply") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
         raise ValueError(f"must hold JSON values only ({exc})") from None
     return value
 
@@ -177,6 +186,12 @@ _CHECKS = {
 }
 
 
+# What checking an odd value can raise besides the checks' own ValueError: a number type whose
+# __float__ or comparison fails, a float overflow, a structure too deep to encode. Tracking must
+# answer these as field errors, never raise them into the caller.
+_UNUSABLE_VALUE = (TypeError, ArithmeticError, RecursionError)
+
+
 def clean(values: Mapping[str, Any], fields: Mapping[str, str], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields given (None means "not given"), checked and ready for JSON; or every problem at once."""
     errors: dict[str, list[str]] = {}
@@ -189,6 +204,8 @@ def clean(values: Mapping[str, Any], fields: Mapping[str, str], required: tuple[
                 cleaned[name] = _CHECKS[fields[name]](value)
             except ValueError as exc:
                 errors[name] = [str(exc)]
+            except _UNUSABLE_VALUE as exc:  # a value whose own methods fail: still the caller's field error
+                errors[name] = [f"is not usable ({type(exc).__name__}: {exc})"]
     for name in required:
         if values.get(name) is None:
             errors[name] = ["is required"]

@@ -148,10 +148,12 @@ class BackgroundSender:
             self._flush_upto = max(self._flush_upto, target)
             self._pause_until = 0.0  # asked to send now: try at once even after a failed round
             self._wakeup.notify_all()
-        if self._lowest_unsettled() <= target and not self._ensure_thread():
-            self._work(until_seq=target, deadline=deadline)  # no thread possible (interpreter exit)
+        inline = self._lowest_unsettled() <= target and not self._ensure_thread()
+        if inline:  # no thread possible (interpreter exit): send here, within the time given
+            self._work(until_seq=target, deadline=deadline)
         with self._wakeup:
-            while self._lowest_unsettled_locked() <= target:
+            # After an inline run nothing else is sending: what is left stays unsent, so stop waiting.
+            while not inline and self._lowest_unsettled_locked() <= target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
@@ -233,7 +235,7 @@ class BackgroundSender:
                     return
                 self._in_flight = batch
             try:
-                outcome = self._deliver(batch)
+                outcome = self._deliver(batch, deadline)
             except Exception as exc:  # a bug here must not kill the sender and strand the queue
                 logger.exception("metrics_client: sending failed unexpectedly")
                 outcome = Outcome(retry=list(batch), failure=f"{type(exc).__name__}: {exc}")
@@ -259,6 +261,8 @@ class BackgroundSender:
                 ready_at = max(now if urgent else head.queued_at + self.flush_interval, self._pause_until)
                 if now >= ready_at:
                     return self._take_locked()
+                if deadline is not None and ready_at >= deadline:
+                    return None  # the next try (after a failed round's pause) would start too late
                 wait = ready_at - now
             elif self._closing:
                 return None
@@ -273,17 +277,19 @@ class BackgroundSender:
                 batch.append(self._queue.popleft())
         return batch
 
-    def _deliver(self, batch: list[Item]) -> Outcome:
+    def _deliver(self, batch: list[Item], deadline: float | None = None) -> Outcome:
+        """Send one batch; with a `deadline` (the inline path's), no try or retry runs past it."""
         outcome = Outcome()
         if batch[0].kind == EVENT:
-            self._send_events(batch, outcome)
+            self._send_events(batch, outcome, deadline)
             return outcome
         item = batch[0]
         # A batch run is stored once per batch_id; a cache report has no key, so it is repeated
         # only after failures that prove the server never processed it.
         repeatable = item.kind == BATCH_RUN
         path = BATCH_RUN_PATH if item.kind == BATCH_RUN else CACHE_PATH
-        reply = self._transport.request("POST", path, body=item.payload, repeatable=repeatable, stop=self._give_up)
+        reply = self._transport.request("POST", path, body=item.payload, repeatable=repeatable, stop=self._give_up,
+                                        deadline=deadline)
         if reply.ok:
             if isinstance(reply.body, dict) and reply.body.get("duplicate"):
                 outcome.duplicates += 1
@@ -299,13 +305,17 @@ class BackgroundSender:
             outcome.rejected.append((item, Lost(item.label, reply.status, reply.message(), reply.field_errors())))
         return outcome
 
-    def _send_events(self, items: list[Item], outcome: Outcome) -> None:
+    def _send_events(self, items: list[Item], outcome: Outcome, deadline: float | None = None) -> None:
+        if deadline is not None and time.monotonic() >= deadline:  # a split batch's later half, out of time
+            outcome.retry.extend(items)
+            outcome.failure = outcome.failure or "the time allowed ran out"
+            return
         reply = self._transport.request("POST", EVENTS_PATH, body={"events": [item.payload for item in items]},
-                                        stop=self._give_up)
+                                        stop=self._give_up, deadline=deadline)
         if reply.status == 413 and len(items) > 1:  # body over the server's limit: halve until it fits
             half = len(items) // 2
-            self._send_events(items[:half], outcome)
-            self._send_events(items[half:], outcome)
+            self._send_events(items[:half], outcome, deadline)
+            self._send_events(items[half:], outcome, deadline)
             return
         if RetryPolicy.may_repeat(reply):
             outcome.retry.extend(items)

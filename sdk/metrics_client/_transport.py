@@ -225,22 +225,33 @@ class SyncTransport:
         self._client = None  # the parent's connections stay the parent's
         self._pid = os.getpid()
 
-    def once(self, method: str, path: str, *, body: Any = None, params: dict | None = None) -> Reply:
+    def once(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
+             timeout: float | None = None) -> Reply:
+        """One try; `timeout` (seconds) shortens the configured one, never lengthens it."""
+        limit = self.settings.timeout if timeout is None else max(min(timeout, self.settings.timeout), 0.001)
         try:
             response = self._http().request(method, path, content=None if body is None else dumps(body),
-                                            params=query_params(params or {}))
+                                            params=query_params(params or {}), timeout=limit)
         except Exception as exc:  # any failure becomes a Reply: tracking must never raise into the caller
             return Reply(status=None, error=exc)
         return reply_from_response(response)
 
     def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
-                repeatable: bool = True, stop: threading.Event | None = None) -> Reply:
-        """Send, repeating after connection errors, 429 and 5xx; `stop` cuts the waiting short."""
+                repeatable: bool = True, stop: threading.Event | None = None,
+                deadline: float | None = None) -> Reply:
+        """Send, repeating after connection errors, 429 and 5xx; `stop` cuts the waiting short.
+
+        With a `deadline` (a time.monotonic() value) no try outlasts it and no retry starts after it:
+        the last reply is returned instead, for the caller to keep the record or give up on it.
+        """
         attempt = 0
         while True:
-            reply = self.once(method, path, body=body, params=params)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            reply = self.once(method, path, body=body, params=params, timeout=remaining)
             delay = self.policy.delay(reply, attempt, repeatable=repeatable)
             if delay is None or (stop is not None and stop.is_set()):
+                return reply
+            if deadline is not None and time.monotonic() + delay >= deadline:
                 return reply
             attempt += 1
             self.stats.add(retries=1)
