@@ -133,8 +133,9 @@ class EventBatchView(APIView):
             "accepted": len(recorded) - duplicates,
             "duplicates": duplicates,
             "rejected": rejected,
+            # float() here is what the JSON renderer does to a Decimal, without a callback per item.
             "results": [
-                {"index": r.index, "request_id": r.request_id, "duplicate": r.duplicate, "cost": r.cost}
+                {"index": r.index, "request_id": r.request_id, "duplicate": r.duplicate, "cost": float(r.cost)}
                 for r in recorded
             ],
         }

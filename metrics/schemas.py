@@ -11,15 +11,18 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     model_validator,
 )
@@ -92,16 +95,35 @@ def _text(value: Any) -> Any:
     return value
 
 
+_window: tuple[timedelta, timedelta, int] | None = None
+
+
+@receiver(setting_changed)
+def _forget_window(*, setting, **kwargs):
+    global _window
+    if setting in ("RAW_EVENT_RETENTION_DAYS", "INGEST_MAX_FUTURE_SECONDS"):
+        _window = None
+
+
+def _accepted_window() -> tuple[timedelta, timedelta, int]:
+    """(how far back, how far ahead, days back) an event's timestamp may be; settings read once."""
+    global _window
+    if _window is None:
+        # A day short of the raw retention window, so an accepted event is rolled up before it is pruned.
+        oldest_days = settings.RAW_EVENT_RETENTION_DAYS - 1
+        _window = (timedelta(days=oldest_days), timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS), oldest_days)
+    return _window
+
+
 def _aware_timestamp(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # the seed sends naive UTC times ("2025-12-14 19:37:14")
     value = value.astimezone(UTC)
     now = datetime.now(UTC)
-    # A day short of the raw retention window, so an accepted event is rolled up before it is pruned.
-    oldest_days = settings.RAW_EVENT_RETENTION_DAYS - 1
-    if value < max(EARLIEST_TIMESTAMP, now - timedelta(days=oldest_days)):
+    back, ahead, oldest_days = _accepted_window()
+    if value < EARLIEST_TIMESTAMP or value < now - back:
         raise ValueError(f"is older than the {oldest_days}-day window this service keeps raw events for")
-    if value > now + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
+    if value > now + ahead:
         raise ValueError("is in the future; send the time the call was made (UTC)")
     return value
 
@@ -144,9 +166,8 @@ def Text(max_length: int, min_length: int = 0):  # noqa: N802 -- reads as a type
     return Annotated[str, BeforeValidator(_text), Field(min_length=min_length, max_length=max_length)]
 
 
-Alias = Annotated[
-    str, BeforeValidator(_text), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
-]
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$"
+Alias = Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=100, pattern=ALIAS_PATTERN)]
 Timestamp = Annotated[datetime, AfterValidator(_aware_timestamp)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_metadata), AfterValidator(_small_json)]
 Tags = Annotated[list[Annotated[str, BeforeValidator(_text), Field(max_length=100)]], Field(max_length=50)]
@@ -156,8 +177,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
 
-class EventIn(_Strict):
-    """One LLM call: the seed's `metrics` columns plus optional metadata."""
+class _EventBase(_Strict):
+    """What both forms of an event share: the cross-field rule, the defaults, the client's cost."""
+
+    if TYPE_CHECKING:  # declared by each subclass, with its own validation
+        prompt_tokens: int
+        output_tokens: int
+        total_tokens: int | None
+        cached_tokens: int
+        request_id: str | None
+        timestamp: datetime | None
+        response_cost: Decimal | None
+        prompt_cost: Decimal | None
+        output_cost: Decimal | None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _EventBase:
+        if self.cached_tokens > self.prompt_tokens:
+            raise ValueError("cached_tokens: must not exceed prompt_tokens")
+        if self.total_tokens is None:
+            self.total_tokens = self.prompt_tokens + self.output_tokens
+        if self.request_id is None:
+            self.request_id = str(uuid.uuid4())
+        if self.timestamp is None:
+            self.timestamp = datetime.now(UTC)
+        return self
+
+    @property
+    def client_cost(self) -> Decimal | None:
+        if self.response_cost is not None:
+            return self.response_cost
+        if self.prompt_cost is not None or self.output_cost is not None:
+            return (self.prompt_cost or Decimal(0)) + (self.output_cost or Decimal(0))
+        return None
+
+
+class _EventRules(_EventBase):
+    """The rules for one event, written out with their own messages.
+
+    `EventIn` sends here every input its compiled checks do not accept outright, so this model
+    alone decides what is refused and words the errors.
+    """
+
+    model_config = ConfigDict(title="EventIn")
 
     model: Text(200, 1)
     prompt_tokens: Tokens = 0
@@ -188,25 +250,68 @@ class EventIn(_Strict):
     metadata: Metadata | None = None
     tags: Tags | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> EventIn:
-        if self.cached_tokens > self.prompt_tokens:
-            raise ValueError("cached_tokens: must not exceed prompt_tokens")
-        if self.total_tokens is None:
-            self.total_tokens = self.prompt_tokens + self.output_tokens
-        if self.request_id is None:
-            self.request_id = str(uuid.uuid4())
-        if self.timestamp is None:
-            self.timestamp = datetime.now(UTC)
-        return self
 
-    @property
-    def client_cost(self) -> Decimal | None:
-        if self.response_cost is not None:
-            return self.response_cost
-        if self.prompt_cost is not None or self.output_cost is not None:
-            return (self.prompt_cost or Decimal(0)) + (self.output_cost or Decimal(0))
-        return None
+# The same fields in pydantic-core's strict types: JSON-typed input (ints for counts, numbers for
+# durations, Decimals for costs, strings without NUL) is checked without calling Python per field.
+# Each accepts a subset of what its `_EventRules` twin accepts, and yields the same value.
+_NO_NUL = r"^[^\x00]*$"
+_StrictTokens = Annotated[int, Strict(), Field(ge=0, le=MAX_TOKENS)]
+_StrictMillis = Annotated[float, Strict(), Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+_StrictUsd = Annotated[Decimal, Strict(), Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False)]
+_StrictFlag = Annotated[bool, Strict()]
+
+
+def _StrictText(max_length: int, min_length: int = 0):  # noqa: N802 -- reads as a type in the model below
+    return Annotated[str, Strict(), Field(min_length=min_length, max_length=max_length, pattern=_NO_NUL)]
+
+
+_StrictAlias = Annotated[str, Strict(), Field(min_length=1, max_length=100, pattern=ALIAS_PATTERN)]
+
+
+class EventIn(_EventBase):
+    """One LLM call: the seed's `metrics` columns plus optional metadata.
+
+    Accepts exactly what `_EventRules` accepts, with the same values and the same errors: the
+    strict fields below take the usual input in compiled code (ingest validates thousands of events
+    a second), and anything they refuse is judged again by `_EventRules`.
+    """
+
+    model: _StrictText(200, 1)
+    prompt_tokens: _StrictTokens = 0
+    output_tokens: _StrictTokens = 0
+    total_tokens: _StrictTokens | None = None
+    cached_tokens: _StrictTokens = 0
+    latency_ms: _StrictMillis = 0.0
+    time_to_first_token_ms: _StrictMillis | None = None
+    cache_hit: _StrictFlag = False
+    cache_similarity_score: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    is_batched: _StrictFlag = False
+    batch_id: _StrictText(128) | None = None
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] | None = None
+    user_id: _StrictText(255) | None = None
+    team_alias: _StrictAlias | None = None
+    end_user: _StrictText(255) | None = None
+    query_type: _StrictText(100) | None = None
+    status: Literal["success", "error"] = "success"
+    error_message: _StrictText(4000) | None = None
+    timestamp: Timestamp | None = None
+    request_id: _StrictText(128, 1) | None = None
+    provider: _StrictText(64) | None = None
+    response_cost: _StrictUsd | None = None
+    prompt_cost: _StrictUsd | None = None
+    output_cost: _StrictUsd | None = None
+    metadata: Metadata | None = None
+    tags: Annotated[list[_StrictText(100)], Field(max_length=50)] | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _strict_or_rules(cls, data: Any, handler) -> EventIn:
+        try:
+            return handler(data)
+        except ValidationError:
+            # Raises the rules' own errors, or accepts what only they accept (e.g. 100.0 tokens).
+            ruled = _EventRules.model_validate(data)
+            return cls.model_construct(_fields_set=ruled.model_fields_set, **dict(ruled))
 
 
 class CacheStatIn(_Strict):

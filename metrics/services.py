@@ -1,31 +1,35 @@
 """Writes for metrics: recording usage events, cache statistics and batch runs.
 
 The ingest hot path does a fixed number of queries per request, whatever the batch size: team
-lookup (usually cached for the request), one multi-row INSERT per 500 events that skips
-request ids already stored, and one SELECT only when duplicates need their stored cost.
+lookup (usually cached for the request), one write of the batch that skips request ids already
+stored (on PostgreSQL: COPY into a temporary table, then one INSERT … SELECT; elsewhere one
+multi-row INSERT per 500 events), the dirty-hour marks, and one SELECT only when duplicates need
+their stored cost.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import reduce
-from operator import or_
+from operator import itemgetter, or_
+from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Q
 
-from billing.money import MoneyField
-from billing.pricing import event_cost, forget_price_book, normalise_model_name, price_book
+from billing.money import SCALE, MoneyField
+from billing.pricing import COST_QUANTUM, event_cost, forget_price_book, normalise_model_name, price_book
 from teams.access import TeamResolver, UnknownTeam
 from teams.models import ApiToken, Team
 
 from .models import BatchRun, CacheStat, UsageEvent
 from .rollups import mark_hours_dirty
 from .schemas import BatchRunIn, CacheStatIn, EventIn
-
-INSERT_CHUNK = 500  # rows per INSERT: stays under SQLite's 32,766 bound parameters
 
 
 @dataclass(slots=True)
@@ -45,7 +49,28 @@ class RejectedEvent:
     errors: dict[str, list[str]]
 
 
-def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_at: datetime, book) -> dict:
+# The columns ingest writes, in the order rows are built; `_EventWriter` checks it against the model.
+EVENT_COLUMNS = (
+    "organization_id", "team_id", "request_id", "timestamp", "received_at", "model", "model_requested",
+    "provider", "prompt_tokens", "output_tokens", "total_tokens", "cached_tokens", "prompt_cost",
+    "output_cost", "cost", "client_cost", "is_priced", "price_id", "latency_ms", "time_to_first_token_ms",
+    "cache_hit", "cache_similarity_score", "is_batched", "batch_id", "batch_size", "user_id", "end_user",
+    "query_type", "status", "error_message", "metadata", "tags",
+)
+_REQUEST_ID, _TIMESTAMP, _COST, _IS_PRICED, _TOTAL_TOKENS = (
+    EVENT_COLUMNS.index(name) for name in ("request_id", "timestamp", "cost", "is_priced", "total_tokens")
+)
+
+
+def _money(value: Decimal | None) -> Decimal:
+    return Decimal(0) if value is None else value.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
+
+
+def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_at: datetime, book) -> tuple:
+    """One event's column values (in EVENT_COLUMNS order), priced at its own timestamp.
+
+    Money is already at the precision it is stored with (whole 1e-10 USD units).
+    """
     key = book.find(event.model, event.provider)
     price = book.price_at(key, event.timestamp) if key else None
     if price is not None:
@@ -58,87 +83,199 @@ def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_a
         prompt_cost, output_cost, total = cost.prompt_cost, cost.output_cost, cost.total
         model, provider = price.model, price.provider
     else:
-        # Unpriced: kept and flagged; the client's own figure is the only cost we can honestly show.
-        prompt_cost, output_cost = event.prompt_cost or Decimal(0), event.output_cost or Decimal(0)
-        total = event.client_cost or Decimal(0)
+        # Unpriced: kept and flagged; the client's own figure is the only cost we can honestly show,
+        # at the precision money is stored with, so the first answer and a retry's agree.
+        prompt_cost, output_cost = _money(event.prompt_cost), _money(event.output_cost)
+        total = _money(event.client_cost)
         model, provider = normalise_model_name(event.model), (event.provider or "")
-    return {
-        "organization_id": organization_id,
-        "team_id": team_id,
-        "request_id": event.request_id,
-        "timestamp": event.timestamp,
-        "received_at": received_at,
-        "model": model[:200],
-        "model_requested": event.model,
-        "provider": provider[:64],
-        "prompt_tokens": event.prompt_tokens,
-        "output_tokens": event.output_tokens,
-        "total_tokens": event.total_tokens,
-        "cached_tokens": event.cached_tokens,
-        "prompt_cost": prompt_cost,
-        "output_cost": output_cost,
-        "cost": total,
-        "client_cost": event.client_cost,
-        "is_priced": price is not None,
-        "price_id": price.id if price is not None else None,
-        "latency_ms": event.latency_ms,
-        "time_to_first_token_ms": event.time_to_first_token_ms,
-        "cache_hit": event.cache_hit,
-        "cache_similarity_score": event.cache_similarity_score,
-        "is_batched": event.is_batched,
-        "batch_id": event.batch_id or "",
-        "batch_size": event.batch_size,
-        "user_id": event.user_id or "",
-        "end_user": event.end_user or "",
-        "query_type": event.query_type or "",
-        "status": event.status,
-        "error_message": event.error_message or "",
-        "metadata": event.metadata or {},
-        "tags": event.tags or [],
-    }
+    return (
+        organization_id,
+        team_id,
+        event.request_id,
+        event.timestamp,
+        received_at,
+        model[:200],
+        event.model,
+        provider[:64],
+        event.prompt_tokens,
+        event.output_tokens,
+        event.total_tokens,
+        event.cached_tokens,
+        prompt_cost,
+        output_cost,
+        total,
+        None if event.client_cost is None else _money(event.client_cost),
+        price is not None,
+        price.id if price is not None else None,
+        event.latency_ms,
+        event.time_to_first_token_ms,
+        event.cache_hit,
+        event.cache_similarity_score,
+        event.is_batched,
+        event.batch_id or "",
+        event.batch_size,
+        event.user_id or "",
+        event.end_user or "",
+        event.query_type or "",
+        event.status,
+        event.error_message or "",
+        event.metadata or {},
+        event.tags or [],
+    )
 
 
-class _EventInsert:
-    """`INSERT … ON CONFLICT (organization_id, request_id) DO NOTHING RETURNING request_id`.
+class _EventWriter:
+    """Stores rows, skipping request ids the organization already has; returns the ids it stored.
 
-    Django's bulk_create cannot say which rows a conflict skipped; RETURNING can, in the same
-    statement, on PostgreSQL and SQLite alike, so concurrent retries of one id are stored once and
-    every request learns whether its copy was the one kept.
+    `INSERT … ON CONFLICT (organization_id, request_id) DO NOTHING RETURNING request_id`: Django's
+    bulk_create cannot say which rows a conflict skipped; RETURNING can, in the same statement, so
+    concurrent retries of one id are stored once and every request learns whether its copy was the
+    one kept. Rows are inserted in request-id order, so two batches sharing ids take their locks in
+    one order and cannot deadlock.
     """
 
     def __init__(self):
-        fields = [f for f in UsageEvent._meta.concrete_fields if not f.primary_key]
-        self.columns = [f.attname for f in fields]
-        # Only these types need Django's conversion to the database's representation.
-        self.adapters = [
-            (f.attname, f.get_db_prep_save)
-            for f in fields
-            if isinstance(f, MoneyField) or f.get_internal_type() in ("DateTimeField", "JSONField")
-        ]
+        fields = {f.attname: f for f in UsageEvent._meta.concrete_fields if not f.primary_key}
+        if set(fields) != set(EVENT_COLUMNS):
+            differing = sorted(set(fields) ^ set(EVENT_COLUMNS))
+            raise ImproperlyConfigured(f"EVENT_COLUMNS does not match UsageEvent's fields: {differing}")
+        self.fields = [fields[name] for name in EVENT_COLUMNS]
         quote = connection.ops.quote_name
         # Table and column names come from the model, never from input.
-        table, columns = quote(UsageEvent._meta.db_table), ", ".join(quote(f.column) for f in fields)
-        self.sql_head = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
-        self.sql_tail = " ON CONFLICT (organization_id, request_id) DO NOTHING RETURNING request_id"
-        self.placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        self.table = quote(UsageEvent._meta.db_table)
+        self.columns = ", ".join(quote(f.column) for f in self.fields)
+        self.on_conflict = " ON CONFLICT (organization_id, request_id) DO NOTHING RETURNING request_id"
 
-    def __call__(self, rows: list[dict]) -> set[str]:
+    def __call__(self, rows: list[tuple]) -> set[str]:
+        raise NotImplementedError
+
+
+class _ValuesWriter(_EventWriter):
+    """Multi-row INSERT … VALUES, for SQLite (and any other backend)."""
+
+    CHUNK = 500  # rows per INSERT: stays under SQLite's 32,766 bound parameters
+
+    def __init__(self):
+        super().__init__()
+        # Only these types need Django's conversion to the database's representation.
+        self.adapters = [
+            (index, field.get_db_prep_save)
+            for index, field in enumerate(self.fields)
+            if isinstance(field, MoneyField) or field.get_internal_type() in ("DateTimeField", "JSONField")
+        ]
+        self.placeholder = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
+
+    def __call__(self, rows: list[tuple]) -> set[str]:
         inserted: set[str] = set()
+        rows = sorted(rows, key=itemgetter(_REQUEST_ID))
         with connection.cursor() as cursor:
-            for start in range(0, len(rows), INSERT_CHUNK):
-                chunk = rows[start : start + INSERT_CHUNK]
+            for start in range(0, len(rows), self.CHUNK):
+                chunk = rows[start : start + self.CHUNK]
                 params = []
                 for row in chunk:
-                    for name, adapt in self.adapters:
-                        row[name] = adapt(row[name], connection)
-                    params.extend(row[name] for name in self.columns)
-                sql = self.sql_head + ", ".join([self.placeholder] * len(chunk)) + self.sql_tail
+                    values = list(row)
+                    for index, adapt in self.adapters:
+                        values[index] = adapt(values[index], connection)
+                    params.extend(values)
+                sql = (
+                    f"INSERT INTO {self.table} ({self.columns}) VALUES "  # noqa: S608 -- names from the model
+                    + ", ".join([self.placeholder] * len(chunk))
+                    + self.on_conflict
+                )
                 cursor.execute(sql, params)
                 inserted.update(request_id for (request_id,) in cursor.fetchall())
         return inserted
 
 
-_insert: _EventInsert | None = None
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+
+
+def _units(value: Decimal) -> int:
+    return int(value.scaleb(SCALE))  # exact: rows hold money quantized to 1e-10 (see _event_row)
+
+
+def _copy_line(row: tuple, received_at: str) -> str:
+    """One row in COPY's text format: tab-separated, \\N for NULL, backslash escapes in text."""
+    (
+        organization_id, team_id, request_id, timestamp, _, model, model_requested, provider,
+        prompt_tokens, output_tokens, total_tokens, cached_tokens, prompt_cost, output_cost, cost, client_cost,
+        is_priced, price_id, latency_ms, time_to_first_token_ms, cache_hit, cache_similarity_score, is_batched,
+        batch_id, batch_size, user_id, end_user, query_type, status, error_message, metadata, tags,
+    ) = row  # fmt: skip
+    metadata = json.dumps(metadata) if metadata else "{}"
+    tags = json.dumps(tags) if tags else "[]"
+    texts = (
+        request_id, model, model_requested, provider, batch_id, user_id, end_user, query_type, status,
+        error_message, metadata, tags,
+    )  # fmt: skip
+    joined = "".join(texts)
+    if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:  # rare: escape only then
+        (
+            request_id, model, model_requested, provider, batch_id, user_id, end_user, query_type, status,
+            error_message, metadata, tags,
+        ) = (text.translate(_COPY_ESCAPES) for text in texts)  # fmt: skip
+    return (
+        f"{organization_id}\t{team_id}\t{request_id}\t{timestamp.isoformat()}\t{received_at}\t{model}\t"
+        f"{model_requested}\t{provider}\t{prompt_tokens}\t{output_tokens}\t{total_tokens}\t{cached_tokens}\t"
+        f"{_units(prompt_cost)}\t{_units(output_cost)}\t{_units(cost)}\t"
+        f"{_NULL if client_cost is None else _units(client_cost)}\t{is_priced}\t"
+        f"{_NULL if price_id is None else price_id}\t{latency_ms!r}\t"
+        f"{_NULL if time_to_first_token_ms is None else repr(time_to_first_token_ms)}\t{cache_hit}\t"
+        f"{_NULL if cache_similarity_score is None else repr(cache_similarity_score)}\t{is_batched}\t{batch_id}\t"
+        f"{_NULL if batch_size is None else batch_size}\t{user_id}\t{end_user}\t{query_type}\t{status}\t"
+        f"{error_message}\t{metadata}\t{tags}\n"
+    )
+
+
+class _CopyWriter(_EventWriter):
+    """PostgreSQL: COPY the rows into a temporary table, then one INSERT … SELECT from it.
+
+    COPY's text format is written with one f-string per row, so no value goes through a per-value
+    Python adapter. The temporary table lives as long as the connection (created again after a
+    reconnect) and is emptied when the transaction commits.
+    """
+
+    STAGE = "ingest_usageevent_stage"
+
+    def __init__(self):
+        super().__init__()
+        self.copy = f"COPY {self.STAGE} ({self.columns}) FROM STDIN"
+        # SET LOCAL: no "already exists" notice for every batch after the first.
+        self.create = (
+            "SET LOCAL client_min_messages = warning; "  # noqa: S608 -- names from the model
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.STAGE} ON COMMIT DELETE ROWS AS "
+            f"SELECT {self.columns} FROM {self.table} WITH NO DATA"
+        )
+        self.insert = (
+            f"INSERT INTO {self.table} ({self.columns}) SELECT {self.columns} FROM {self.STAGE} "  # noqa: S608
+            f'ORDER BY request_id COLLATE "C"' + self.on_conflict
+        )
+
+    def __call__(self, rows: list[tuple]) -> set[str]:
+        received_at = rows[0][EVENT_COLUMNS.index("received_at")].isoformat()
+        data = io.StringIO("".join([_copy_line(row, received_at) for row in rows]))
+        with connection.cursor() as cursor:
+            cursor.execute(self.create)
+            cursor.copy_expert(self.copy, data, 1 << 20)  # bytes per read of the buffer
+            cursor.execute(self.insert)
+            inserted = {request_id for (request_id,) in cursor.fetchall()}
+            if len(connection.atomic_blocks) > 1:  # the commit that empties the table is not ours
+                cursor.execute(f"TRUNCATE {self.STAGE}")
+        return inserted
+
+
+# Below this many rows one INSERT … VALUES costs less than creating, filling and reading the stage.
+COPY_MIN_ROWS = 20
+_writers: dict[str, _EventWriter] = {}
+
+
+def _event_writer(rows: int) -> _EventWriter:
+    kind = "copy" if connection.vendor == "postgresql" and rows >= COPY_MIN_ROWS else "values"
+    writer = _writers.get(kind)
+    if writer is None:
+        writer = _writers[kind] = _CopyWriter() if kind == "copy" else _ValuesWriter()
+    return writer
 
 
 def usage_events_record(
@@ -148,15 +285,13 @@ def usage_events_record(
 
     `events` pairs each event with its index in the client's request, so answers can name it.
     """
-    global _insert
-    if _insert is None:
-        _insert = _EventInsert()
     book = price_book()
     received_at = datetime.now(UTC)
     rows, kept, rejected, seen = [], [], [], set()
     with transaction.atomic():  # teams created here exist only if the events are stored too
         resolver = TeamResolver(token)
-        resolver.preload({event.team_alias for _, event in events if event.team_alias})
+        aliases = {event.team_alias for _, event in events}
+        resolver.preload({alias for alias in aliases if alias is not None}, default=None in aliases)
         for index, event in events:
             try:
                 team = resolver.resolve(event.team_alias)
@@ -173,19 +308,22 @@ def usage_events_record(
                     _event_row(
                         event,
                         organization_id=token.organization_id,
-                        team_id=team.pk,
+                        team_id=team.id,
                         received_at=received_at,
                         book=book,
                     )
                 )
-        stored_as = {row["request_id"]: (row["cost"], row["is_priced"], row["total_tokens"]) for row in rows}
-        timestamps = {row["request_id"]: row["timestamp"] for row in rows}
-        inserted = _insert(rows) if rows else set()
+        inserted = _event_writer(len(rows))(rows) if rows else set()
         # The last write before commit: the marks' row locks are held for the shortest time.
-        mark_hours_dirty(
-            organization_id=token.organization_id, moments=[timestamps[request_id] for request_id in inserted]
-        )
+        # One moment per hour is enough (timestamps are UTC: validation made them so).
+        hours = {
+            row[_TIMESTAMP].replace(minute=0, second=0, microsecond=0) for row in rows if row[_REQUEST_ID] in inserted
+        }
+        mark_hours_dirty(organization_id=token.organization_id, moments=hours)
 
+    stored_as: dict[Any, tuple[Any, ...]] = {
+        row[_REQUEST_ID]: (row[_COST], row[_IS_PRICED], row[_TOTAL_TOKENS]) for row in rows
+    }
     duplicates = seen - inserted
     if duplicates or len(kept) > len(rows):  # answer retries with what was stored first
         stored = UsageEvent.objects.filter(

@@ -71,9 +71,18 @@ class CanIngestOrRead(permissions.BasePermission):
 
 
 class ApiTokenRateThrottle(throttling.SimpleRateThrottle):
-    """Requests per token (API_RATE_LIMIT); anonymous requests are limited per address."""
+    """Requests per token (API_RATE_LIMIT); anonymous requests are limited per address.
+
+    A sliding-window counter: one counter per token and window, plus the previous window's count
+    weighted by the share of it still inside the last `duration` seconds. DRF's own throttle keeps
+    a timestamp per request in one cache value, so every request reads and writes a list as long as
+    the limit; this costs a few small cache operations whatever the limit, and the increments are
+    atomic, so processes sharing a cache (Redis) share the count.
+    """
 
     scope = "api_token"
+    num_requests: int  # set from the rate by SimpleRateThrottle.__init__
+    duration: int
 
     def get_cache_key(self, request, view):
         if isinstance(request.auth, ApiToken):
@@ -81,6 +90,44 @@ class ApiTokenRateThrottle(throttling.SimpleRateThrottle):
         else:
             ident = self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        key = self.get_cache_key(request, view)
+        if key is None:
+            return True
+        position = self.timer() / self.duration
+        window = int(position)
+        elapsed = position - window  # the share of the current window already gone
+        current_key, previous_key = f"{key}:{window}", f"{key}:{window - 1}"
+        previous = self.cache.get(previous_key, 0)
+        try:
+            count = self.cache.incr(current_key)
+        except ValueError:  # the window's first request (or the counter expired)
+            if self.cache.add(current_key, 1, 2 * self.duration):  # kept while it is the previous window
+                count = 1
+            else:
+                count = self.cache.incr(current_key)
+        if previous * (1 - elapsed) + count <= self.num_requests:
+            return True
+        self.cache.decr(current_key)  # a refused request does not use up the allowance
+        self._wait = self._seconds_until_allowed(previous, count - 1, elapsed)
+        return False
+
+    def _seconds_until_allowed(self, previous: int, counted: int, elapsed: float) -> float:
+        """How long until one more request fits, if no other request arrives meanwhile."""
+        limit = self.num_requests
+        if limit <= 0:
+            return float(self.duration)
+        if counted + 1 > limit:  # not in this window: in the next, where `counted` is the previous one
+            share = 1 - (limit - 1) / counted
+            return ((1 - elapsed) + max(share, 0.0)) * self.duration
+        share = 1 - (limit - counted - 1) / previous if previous else 0.0
+        return max(share - elapsed, 0.0) * self.duration
+
+    def wait(self) -> float | None:
+        return getattr(self, "_wait", None)
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
