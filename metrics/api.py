@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import django_filters
 from django.conf import settings
@@ -114,7 +115,8 @@ class EventBatchView(APIView):
         if len(items) > settings.API_MAX_BATCH_EVENTS:
             raise ApiValidationError({"events": [f"At most {settings.API_MAX_BATCH_EVENTS} events per request."]})
 
-        valid, rejected = [], []
+        valid: list[tuple[int, EventIn]] = []
+        rejected: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 rejected.append({"index": index, "errors": {"non_field_errors": ["Send a JSON object."]}})
@@ -128,7 +130,7 @@ class EventBatchView(APIView):
         rejected.sort(key=lambda r: r["index"])
 
         duplicates = sum(1 for r in recorded if r.duplicate)
-        body = {
+        body: dict[str, Any] = {
             "status": "success" if not rejected else ("partial" if recorded else "error"),
             "accepted": len(recorded) - duplicates,
             "duplicates": duplicates,

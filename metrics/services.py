@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import reduce
 from operator import itemgetter, or_
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
@@ -143,7 +143,7 @@ class _EventWriter:
         quote = connection.ops.quote_name
         # Table and column names come from the model, never from input.
         self.table = quote(UsageEvent._meta.db_table)
-        self.columns = ", ".join(quote(f.column) for f in self.fields)
+        self.columns = ", ".join(quote(cast(str, f.column)) for f in self.fields)  # concrete: never None
         self.on_conflict = " ON CONFLICT (organization_id, request_id) DO NOTHING RETURNING request_id"
 
     def __call__(self, rows: list[tuple]) -> set[str]:
@@ -335,7 +335,7 @@ def usage_events_record(
     recorded = [
         RecordedEvent(
             index=index,
-            request_id=event.request_id,
+            request_id=cast(str, event.request_id),  # validation gives every event one
             duplicate=repeated or event.request_id in duplicates,
             cost=Decimal(stored_as[event.request_id][0]),
             is_priced=stored_as[event.request_id][1],

@@ -220,7 +220,7 @@ class TeamResolver:
                 self._by_alias[self.DEFAULT] = team
 
     def resolve(self, alias: str | None) -> Team:
-        if self.token.team_id is not None:
+        if self.token.team is not None:
             return self.token.team
         if not alias:
             return self._default_team()
