@@ -134,21 +134,8 @@ class DirtyDay(models.Model):
         return f"{self.organization_id} {self.day:%Y-%m-%d} v{self.version}"
 
 
-class Rollup(models.Model):
-    """Totals of the events of one bucket (hour or day) for one team, model and user.
-
-    Each bucket also has team-total rows (`is_team_total`), one per team, model and query type,
-    summing all users, so organization and team views read a few rows per bucket instead of one
-    per user.
-    """
-
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
-    model = models.CharField(max_length=200)
-    user_id = models.CharField(max_length=255, blank=True)
-    query_type = models.CharField(max_length=100, blank=True, help_text="Set on team-total rows only.")
-    is_team_total = models.BooleanField(default=False)
-    start = models.DateTimeField()
+class RollupSums(models.Model):
+    """The figures every rollup row keeps for the events it covers."""
 
     requests = models.BigIntegerField(default=0)
     prompt_tokens = models.BigIntegerField(default=0)
@@ -170,6 +157,28 @@ class Rollup(models.Model):
     @property
     def cache_misses(self) -> int:
         return self.requests - self.cache_hits
+
+
+class Rollup(RollupSums):
+    """Totals of the events of one bucket (hour or day) for one team, model and user.
+
+    Each bucket also has team-total rows (`is_team_total`), one per team, model and query type,
+    summing all users, so organization and team views read a few rows per bucket instead of one
+    per user.
+    """
+
+    # No index of its own: the unique constraint and the read index both start with it, and every
+    # extra index costs the rollup a write per row.
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=255, blank=True)
+    query_type = models.CharField(max_length=100, blank=True, help_text="Set on team-total rows only.")
+    is_team_total = models.BooleanField(default=False)
+    start = models.DateTimeField()
+
+    class Meta:
+        abstract = True
 
 
 class HourlyRollup(Rollup):
@@ -198,3 +207,39 @@ class DailyRollup(Rollup):
 
     def __str__(self) -> str:
         return f"{self.start:%Y-%m-%d} {self.model} {self.cost}"
+
+
+class TeamTotal(RollupSums):
+    """All events of one team in one bucket (every model, user and query type together).
+
+    Unfiltered and team-filtered reads (totals, the time series, latency percentiles, budgets) read
+    these: one row per team and bucket, so a 30-day view merges a few hundred small sketches
+    whatever the number of models, users or events. Filters on model or user read `Rollup` rows.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    start = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class HourlyTeamTotal(TeamTotal):
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "start", "team"], name="hourly_team_total_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d %H}:00 team {self.team_id} {self.cost}"
+
+
+class DailyTeamTotal(TeamTotal):
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "start", "team"], name="daily_team_total_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d} team {self.team_id} {self.cost}"

@@ -6,6 +6,14 @@ replaces that hour's rows, marks its day dirty, and clears the hour's mark only 
 arrived meanwhile; then rebuilds dirty days from hourly rows. Every step is one transaction, so a
 worker killed at any point leaves either the old rows and the mark, or the new rows and no mark:
 nothing is lost or counted twice, and running it again (or concurrently) is harmless.
+
+Each bucket has three kinds of rows: per (team, model, user), per (team, model, query type) — the
+team-total rows — and one `TeamTotal` row per team. On PostgreSQL a backlog is processed in chunks
+of hours (and days) of one organization: one `INSERT … SELECT` builds every row of the chunk,
+latency sketch included (`jsonb_object_agg`), so the events never leave the database; the commit
+does not wait for the WAL flush (`synchronous_commit = off`: a crash may lose the last commits'
+rows *and* their cleared marks together, so the hours are simply recomputed). SQLite builds the
+rows in Python, one hour per transaction, leaving gaps for ingest's writes.
 """
 
 from __future__ import annotations
@@ -18,13 +26,25 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import reduce
 from operator import or_
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 
+from teams.models import Organization
+
 from . import sketch
-from .models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup, Rollup, UsageEvent
+from .models import (
+    DailyRollup,
+    DailyTeamTotal,
+    DirtyDay,
+    DirtyHour,
+    HourlyRollup,
+    HourlyTeamTotal,
+    Rollup,
+    UsageEvent,
+)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -77,21 +97,44 @@ def _mark_days_dirty(*, organization_id: int, moments: Iterable[datetime]) -> No
     _upsert_marks(DirtyDay, "day", organization_id, (day_of(m) for m in moments))
 
 
+def _lock_key(*parts) -> int:
+    return zlib.crc32(":".join(str(p) for p in parts).encode())
+
+
 def _try_lock(*parts) -> bool:
     """Keep two workers off the same bucket (PostgreSQL); SQLite already runs writers one at a time."""
+    return bool(_try_locks(kind=parts[0], organization_id=parts[1], moments=[parts[2]]))
+
+
+def _try_locks(*, kind: str, organization_id: int, moments: list) -> list:
+    """The buckets (of `moments`, ISO strings or datetimes) this transaction now holds; the others
+    are held by another worker, which will finish them. One round trip for a whole chunk."""
     if connection.vendor != "postgresql":
-        return True
-    key = zlib.crc32(":".join(str(p) for p in parts).encode())
+        return list(moments)
+    keys = [_lock_key(kind, organization_id, m if isinstance(m, str) else m.isoformat()) for m in moments]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
-        return cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT ord FROM unnest(%s::bigint[]) WITH ORDINALITY AS k(key, ord) "
+            "WHERE pg_try_advisory_xact_lock(k.key) ORDER BY ord",
+            [keys],
+        )
+        held = {row[0] for row in cursor.fetchall()}
+    return [m for i, m in enumerate(moments, start=1) if i in held]
+
+
+def _fast_commit() -> None:
+    """Rollup rows can always be recomputed from raw events: no need to wait for the WAL flush. And a
+    chunk's grouping fits in memory instead of spilling to disk."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off; SET LOCAL work_mem = '64MB'")
 
 
 class _Totals:
     __slots__ = ("latency", "sums")
 
     def __init__(self):
-        self.sums: dict[str, object] = dict.fromkeys(SUM_FIELDS, 0)
+        self.sums: dict[str, Any] = dict.fromkeys(SUM_FIELDS, 0)
         self.sums["cost"] = Decimal(0)
         self.latency: dict[int, int] = {}
 
@@ -105,26 +148,25 @@ class _Totals:
         return model_class(**keys, **self.sums, latency_sketch=sketch.as_json(self.latency))
 
 
-def _build_rows(model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]]):
-    """Rows per (team, model, user), and team-total rows per (team, model, query type).
+def _build_rows(
+    model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]], *, per_user: bool
+):
+    """Team-total rows per (team, model, query type), and (`per_user`) rows per (team, model, user).
 
-    `groups` yields ((team_id, model, user_id, query_type), sums, latency counts); either of
-    user_id and query_type may be None when the source does not carry it (daily rebuilds read
-    per-user and team-total hourly rows separately).
+    `groups` yields ((team_id, model, user_id, query_type), sums, latency counts).
     """
-    per_user: dict[tuple, _Totals] = {}
+    users: dict[tuple, _Totals] = {}
     per_team: dict[tuple, _Totals] = {}
     for (team_id, model, user_id, query_type), values, latency in groups:
-        if user_id is not None:
-            per_user.setdefault((team_id, model, user_id), _Totals()).add(values, latency)
-        if query_type is not None:
-            per_team.setdefault((team_id, model, query_type), _Totals()).add(values, latency)
+        if per_user:
+            users.setdefault((team_id, model, user_id), _Totals()).add(values, latency)
+        per_team.setdefault((team_id, model, query_type), _Totals()).add(values, latency)
     common = {"organization_id": organization_id, "start": start}
     rows = [
         totals.row(
             model_class, **common, team_id=team_id, model=model, user_id=user_id, query_type="", is_team_total=False
         )
-        for (team_id, model, user_id), totals in per_user.items()
+        for (team_id, model, user_id), totals in users.items()
     ]
     rows += [
         totals.row(
@@ -135,10 +177,10 @@ def _build_rows(model_class, organization_id: int, start: datetime, groups: Iter
     return rows
 
 
-def _hour_groups(organization_id: int, hour: datetime):
-    """One grouped query over the hour's raw events: sums per team, model, user and latency bucket."""
+def _event_groups(organization_id: int, start: datetime, end: datetime):
+    """One grouped query over raw events: sums per team, model, user, query type and latency bucket."""
     grouped = (
-        UsageEvent.objects.filter(organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR)
+        UsageEvent.objects.filter(organization_id=organization_id, timestamp__gte=start, timestamp__lt=end)
         .values("team_id", "model", "user_id", "query_type", bucket=sketch.bucket_expression())
         .annotate(
             requests=Count("id"),
@@ -161,60 +203,195 @@ def _hour_groups(organization_id: int, hour: datetime):
         yield key, row, {row["bucket"]: row["requests"]}
 
 
+def _team_totals(total_class, rows: list[Rollup]) -> list:
+    """One row per team from the bucket's team-total rows (which cover every event once)."""
+    per_team: dict[tuple, _Totals] = {}
+    for row in rows:
+        if row.is_team_total:
+            values = {name: getattr(row, name) for name in SUM_FIELDS}
+            latency = {int(index): count for index, count in row.latency_sketch.items()}
+            per_team.setdefault((row.organization_id, row.start, row.team_id), _Totals()).add(values, latency)
+    return [
+        totals.row(total_class, organization_id=organization_id, start=start, team_id=team_id)
+        for (organization_id, start, team_id), totals in per_team.items()
+    ]
+
+
+def _seen_versions(model, column: str, organization_id: int, moments: list[datetime]) -> dict[datetime, int]:
+    marks = model.objects.filter(organization_id=organization_id, **{f"{column}__in": moments})
+    return dict(marks.values_list(column, "version"))
+
+
+def _clear_marks(model, column: str, organization_id: int, seen: dict[datetime, int]) -> None:
+    """Delete the marks still at the version read before recomputing (a newer version stays dirty)."""
+    if seen:
+        unchanged = reduce(or_, (Q(**{column: moment, "version": version}) for moment, version in seen.items()))
+        model.objects.filter(unchanged, organization_id=organization_id).delete()
+
+
 def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
     """Recompute one hour from raw events. False if another worker holds it (it will finish it)."""
+    return hours_rollup_refresh(organization_id=organization_id, hours=[hour]) == 1
+
+
+def hours_rollup_refresh(*, organization_id: int, hours: list[datetime]) -> int:
+    """Recompute hours of one organization from raw events in one transaction; returns how many
+    (hours another worker holds are left to it)."""
     with transaction.atomic():
-        if not _try_lock("hour", organization_id, hour.isoformat()):
-            return False
-        seen_version = (
-            DirtyHour.objects.filter(organization_id=organization_id, hour=hour)
-            .values_list("version", flat=True)
-            .first()
-        )
-        events = UsageEvent.objects.filter(
-            organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR
-        )
-        if hour < retention_cutoff() and not events.exists():
-            # Pruned (whole hours are pruned, and never while dirty): its rollups are all that is
-            # left, so a stray mark must not replace them with nothing.
-            DirtyHour.objects.filter(organization_id=organization_id, hour=hour).delete()
-            return True
-        rows = _build_rows(HourlyRollup, organization_id, hour, _hour_groups(organization_id, hour))
-        HourlyRollup.objects.filter(organization_id=organization_id, start=hour).delete()
+        _fast_commit()
+        hours = _try_locks(kind="hour", organization_id=organization_id, moments=sorted(hours))
+        if not hours:
+            return 0
+        seen = _seen_versions(DirtyHour, "hour", organization_id, hours)
+        cutoff = prune_cutoff()
+        pruned = [
+            hour
+            for hour in hours
+            if hour < cutoff
+            and not UsageEvent.objects.filter(
+                organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR
+            ).exists()
+        ]
+        # Pruned (whole hours are pruned, and never while dirty): their rollups are all that is
+        # left, so a stray mark must not replace them with nothing.
+        recompute = [hour for hour in hours if hour not in pruned]
+        if recompute:
+            _hours_recompute(organization_id, recompute)
+            _mark_days_dirty(organization_id=organization_id, moments=recompute)
+        _clear_marks(DirtyHour, "hour", organization_id, seen)
+    return len(hours)
+
+
+def _hours_recompute(organization_id: int, hours: list[datetime]) -> None:
+    """Replace the rows of these hours by rows computed from their raw events."""
+    HourlyRollup.objects.filter(organization_id=organization_id, start__in=hours).delete()
+    HourlyTeamTotal.objects.filter(organization_id=organization_id, start__in=hours).delete()
+    if connection.vendor == "postgresql":
+        _insert_sql(organization_id, hours, "hour", HourlyRollup, HourlyTeamTotal, per_user=False)
+        return
+    for hour in hours:
+        groups = _event_groups(organization_id, hour, hour + HOUR)
+        rows = _build_rows(HourlyRollup, organization_id, hour, groups, per_user=False)
         HourlyRollup.objects.bulk_create(rows, batch_size=1000)
-        _mark_days_dirty(organization_id=organization_id, moments=[hour])
-        if seen_version is not None:
-            DirtyHour.objects.filter(organization_id=organization_id, hour=hour, version=seen_version).delete()
-    return True
+        HourlyTeamTotal.objects.bulk_create(_team_totals(HourlyTeamTotal, rows), batch_size=1000)
+
+
+def _table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+_ROW_COLUMNS = ", ".join(SUM_FIELDS) + ", latency_sketch"
+# GROUPING(model, user_id, query_type) of the grouping sets below (user_id is grouped only with per-user rows).
+_PER_USER, _PER_QUERY_TYPE, _PER_TEAM = 1, 2, 7
+
+
+def _insert_sql(
+    organization_id: int, starts: list[datetime], unit: str, rollup_class, total_class, *, per_user: bool
+) -> None:
+    """Every row of these buckets (`unit` "hour" or "day") in one statement: the events are grouped
+    once per (team, latency bucket) and grouping sets (per query type, per team, and per user if
+    asked), then each group's buckets become its sketch. Money columns hold integers, so their
+    sums are exact."""
+    events, rollups, team_totals = _table(UsageEvent), _table(rollup_class), _table(total_class)
+    user_set = "(e.model, e.user_id), " if per_user else ""
+    user = "e.user_id" if per_user else "NULL::varchar"
+    # Without per-user rows user_id is no grouping column: the same codes, from the two that are.
+    grain = (
+        "GROUPING(e.model, e.user_id, e.query_type)"
+        if per_user
+        else f"CASE GROUPING(e.model, e.query_type) WHEN 0 THEN {_PER_QUERY_TYPE} ELSE {_PER_TEAM} END"
+    )
+    step = HOUR if unit == "hour" else DAY
+    sums = (
+        "sum(requests), sum(prompt_tokens), sum(output_tokens), sum(cached_tokens), sum(total_tokens), sum(cost), "
+        "sum(errors), sum(cache_hits), sum(unpriced), sum(latency_sum_ms), coalesce(sum(ttft_sum_ms), 0), "
+        "sum(ttft_count), jsonb_object_agg(bucket, requests)"
+    )
+    sql = f"""
+        WITH groups AS MATERIALIZED (
+            SELECT e.organization_id, date_trunc('{unit}', e."timestamp", 'UTC') AS start, e.team_id,
+                   e.model, {user} AS user_id, e.query_type,
+                   CASE WHEN e.latency_ms <= 0 THEN %s ELSE CEIL(LN(e.latency_ms) / %s)::integer END AS bucket,
+                   {grain} AS grain,
+                   count(*) AS requests, sum(e.prompt_tokens) AS prompt_tokens,
+                   sum(e.output_tokens) AS output_tokens, sum(e.cached_tokens) AS cached_tokens,
+                   sum(e.total_tokens) AS total_tokens, sum(e.cost) AS cost,
+                   count(*) FILTER (WHERE e.status = %s) AS errors,
+                   count(*) FILTER (WHERE e.cache_hit) AS cache_hits,
+                   count(*) FILTER (WHERE NOT e.is_priced) AS unpriced,
+                   sum(e.latency_ms) AS latency_sum_ms, sum(e.time_to_first_token_ms) AS ttft_sum_ms,
+                   count(e.time_to_first_token_ms) AS ttft_count
+            FROM {events} e
+            WHERE e.organization_id = %s AND e."timestamp" >= %s AND e."timestamp" < %s
+              AND date_trunc('{unit}', e."timestamp", 'UTC') = ANY(%s)
+            GROUP BY 1, 2, 3, 7, GROUPING SETS ({user_set}(e.model, e.query_type), ())
+        ),
+        teams AS (
+            INSERT INTO {team_totals} (organization_id, start, team_id, {_ROW_COLUMNS})
+            SELECT organization_id, start, team_id, {sums}
+            FROM groups WHERE grain = {_PER_TEAM} GROUP BY organization_id, start, team_id
+        )
+        INSERT INTO {rollups}
+            (organization_id, start, team_id, model, user_id, query_type, is_team_total, {_ROW_COLUMNS})
+        SELECT organization_id, start, team_id, model, coalesce(user_id, ''), coalesce(query_type, ''),
+               grain = {_PER_QUERY_TYPE}, {sums}
+        FROM groups WHERE grain IN ({_PER_USER}, {_PER_QUERY_TYPE})
+        GROUP BY organization_id, start, team_id, model, user_id, query_type, grain
+    """  # noqa: S608 -- table names come from the models
+    params = [
+        sketch.ZERO_BUCKET,
+        sketch.LN_GAMMA,
+        UsageEvent.Status.ERROR.value,
+        organization_id,
+        min(starts),
+        max(starts) + step,
+        list(starts),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def day_rollup_refresh(*, organization_id: int, day: datetime) -> bool:
     """Rebuild one UTC day's rows from its hourly rows."""
+    return days_rollup_refresh(organization_id=organization_id, days=[day]) == 1
+
+
+def days_rollup_refresh(*, organization_id: int, days: list[datetime]) -> int:
+    """Recompute UTC days of one organization from raw events in one transaction; returns how many.
+
+    Per-user rows live only in daily rollups, so a day is recomputed from its raw events, which
+    are complete: pruning removes whole days, under this same lock, and never a dirty one.
+    """
     with transaction.atomic():
-        if not _try_lock("day", organization_id, day.isoformat()):
-            return False
-        seen_version = (
-            DirtyDay.objects.filter(organization_id=organization_id, day=day).values_list("version", flat=True).first()
-        )
-        hourly = HourlyRollup.objects.filter(organization_id=organization_id, start__gte=day, start__lt=day + DAY)
-        rows_of_day = hourly.values(
-            "team_id", "model", "user_id", "query_type", "is_team_total", "latency_sketch", *SUM_FIELDS
-        )
-
-        def groups():
-            for row in rows_of_day.iterator(chunk_size=5000):
-                if row["is_team_total"]:
-                    key = (row["team_id"], row["model"], None, row["query_type"])
-                else:
-                    key = (row["team_id"], row["model"], row["user_id"], None)
-                yield key, row, {int(index): count for index, count in row["latency_sketch"].items()}
-
-        rows = _build_rows(DailyRollup, organization_id, day, groups())
-        DailyRollup.objects.filter(organization_id=organization_id, start=day).delete()
-        DailyRollup.objects.bulk_create(rows, batch_size=1000)
-        if seen_version is not None:
-            DirtyDay.objects.filter(organization_id=organization_id, day=day, version=seen_version).delete()
-    return True
+        _fast_commit()
+        days = _try_locks(kind="day", organization_id=organization_id, moments=sorted(days))
+        if not days:
+            return 0
+        seen = _seen_versions(DirtyDay, "day", organization_id, days)
+        cutoff = prune_cutoff()
+        pruned = [
+            day
+            for day in days
+            if day < cutoff
+            and not UsageEvent.objects.filter(
+                organization_id=organization_id, timestamp__gte=day, timestamp__lt=day + DAY
+            ).exists()
+        ]
+        # A pruned day's rollups are all that is left of it (see hours_rollup_refresh).
+        recompute = [day for day in days if day not in pruned]
+        if recompute:
+            DailyRollup.objects.filter(organization_id=organization_id, start__in=recompute).delete()
+            DailyTeamTotal.objects.filter(organization_id=organization_id, start__in=recompute).delete()
+            if connection.vendor == "postgresql":
+                _insert_sql(organization_id, recompute, "day", DailyRollup, DailyTeamTotal, per_user=True)
+            else:
+                for day in recompute:
+                    groups = _event_groups(organization_id, day, day + DAY)
+                    rows = _build_rows(DailyRollup, organization_id, day, groups, per_user=True)
+                    DailyRollup.objects.bulk_create(rows, batch_size=1000)
+                    DailyTeamTotal.objects.bulk_create(_team_totals(DailyTeamTotal, rows), batch_size=1000)
+        _clear_marks(DirtyDay, "day", organization_id, seen)
+    return len(days)
 
 
 @dataclass
@@ -227,6 +404,10 @@ class RefreshResult:
 # SQLite has one writer at a time and a waiting writer polls with growing sleeps (up to 100 ms):
 # back-to-back rollup transactions would starve ingest, so the rollup leaves gaps between them.
 SQLITE_WRITER_GAP_SECONDS = 0.05
+# Buckets per transaction on PostgreSQL: large enough that a backlog costs a few statements per
+# day of events, small enough that a transaction stays well under a second at 10 M events.
+HOURS_PER_CHUNK = 48
+DAYS_PER_CHUNK = 31
 
 
 def _yield_to_other_writers() -> None:
@@ -234,52 +415,95 @@ def _yield_to_other_writers() -> None:
         time.sleep(SQLITE_WRITER_GAP_SECONDS)
 
 
+def _chunks(marks: list[tuple[int, datetime]], size: int) -> list[tuple[int, list[datetime]]]:
+    """Marks (oldest first) grouped per organization into chunks of at most `size` buckets."""
+    if connection.vendor != "postgresql":
+        size = 1
+    open_chunks: dict[int, list[datetime]] = {}
+    chunks = []
+    for organization_id, moment in marks:
+        chunk = open_chunks.setdefault(organization_id, [])
+        if not chunk:
+            chunks.append((organization_id, chunk))
+        chunk.append(moment)
+        if len(chunk) >= size:
+            del open_chunks[organization_id]
+    return chunks
+
+
 def dirty_rollups_refresh(*, time_budget_seconds: float = 50.0) -> RefreshResult:
     """Recompute the hours and days dirty when called (newly dirtied ones wait for the next run)."""
     result = RefreshResult()
     deadline = time.monotonic() + time_budget_seconds
-    for organization_id, hour in list(DirtyHour.objects.order_by("hour").values_list("organization_id", "hour")):
+    hour_marks = list(DirtyHour.objects.order_by("hour").values_list("organization_id", "hour"))
+    for organization_id, hours in _chunks(hour_marks, HOURS_PER_CHUNK):
         if time.monotonic() > deadline:
             return result
-        done = hour_rollup_refresh(organization_id=organization_id, hour=hour)
+        done = hours_rollup_refresh(organization_id=organization_id, hours=hours)
         result.hours += done
-        result.skipped += not done
+        result.skipped += len(hours) - done
         _yield_to_other_writers()
-    for organization_id, day in list(DirtyDay.objects.order_by("day").values_list("organization_id", "day")):
+    day_marks = list(DirtyDay.objects.order_by("day").values_list("organization_id", "day"))
+    for organization_id, days in _chunks(day_marks, DAYS_PER_CHUNK):
         if time.monotonic() > deadline:
             return result
-        done = day_rollup_refresh(organization_id=organization_id, day=day)
+        done = days_rollup_refresh(organization_id=organization_id, days=days)
         result.days += done
-        result.skipped += not done
+        result.skipped += len(days) - done
         _yield_to_other_writers()
     return result
 
 
 def retention_cutoff(now: datetime | None = None) -> datetime:
-    """Raw events before this hour are pruned; their hours live on in the rollups only."""
+    """Raw events before this hour are outside the retention window (ingest refuses them a day earlier)."""
     now = now or datetime.now(UTC)
     return hour_of(now - timedelta(days=settings.RAW_EVENT_RETENTION_DAYS))
 
 
-def raw_events_prune(*, chunk_size: int = 5000, time_budget_seconds: float = 300.0) -> int:
-    """Delete raw events older than the retention window in bounded chunks; rollups are kept.
+def prune_cutoff(now: datetime | None = None) -> datetime:
+    """Raw events are pruned by whole UTC days before this one: daily rollups are computed from a
+    day's raw events, so a day is either complete or gone."""
+    return day_of(retention_cutoff(now))
 
-    Whole hours go at once, and never an hour still marked dirty: its rollup must be computed from
-    its complete raw events first. (An hour is thus either intact or gone, so recomputing any
-    dirty hour is always safe.)
+
+def raw_events_prune(*, chunk_size: int = 5000, time_budget_seconds: float = 300.0) -> int:
+    """Delete raw events of whole UTC days before `prune_cutoff()` in bounded chunks; rollups are kept.
+
+    Each day of each organization goes in one transaction holding the day's rollup lock, and never a
+    day with an hour (or the day itself) still marked dirty: its rollups must be computed from its
+    complete raw events first. So a day is always either intact or gone, and recomputing any dirty
+    hour or day is safe.
     """
-    cutoff = retention_cutoff()
-    old = UsageEvent.objects.filter(timestamp__lt=cutoff)
-    pending = list(DirtyHour.objects.filter(hour__lt=cutoff).values_list("organization_id", "hour"))
-    if pending:
-        old = old.exclude(
-            reduce(or_, (Q(organization_id=o, timestamp__gte=h, timestamp__lt=h + HOUR) for o, h in pending))
-        )
+    cutoff = prune_cutoff()
     deadline = time.monotonic() + time_budget_seconds
     deleted = 0
-    while time.monotonic() < deadline:
-        ids = list(old.values_list("id", flat=True)[:chunk_size])
-        if not ids:
-            break
-        deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]
+    for organization_id in Organization.objects.order_by("id").values_list("id", flat=True):
+        after = None
+        while time.monotonic() < deadline:
+            old = UsageEvent.objects.filter(organization_id=organization_id, timestamp__lt=cutoff)
+            if after is not None:
+                old = old.filter(timestamp__gte=after)
+            oldest = old.order_by("timestamp").values_list("timestamp", flat=True).first()
+            if oldest is None:
+                break
+            day = day_of(oldest)
+            deleted += _day_prune(organization_id, day, chunk_size)
+            after = day + DAY
+    return deleted
+
+
+def _day_prune(organization_id: int, day: datetime, chunk_size: int) -> int:
+    with transaction.atomic():
+        if not _try_locks(kind="day", organization_id=organization_id, moments=[day]):
+            return 0  # being rolled up: next time
+        dirty = (
+            DirtyHour.objects.filter(organization_id=organization_id, hour__gte=day, hour__lt=day + DAY).exists()
+            or DirtyDay.objects.filter(organization_id=organization_id, day=day).exists()
+        )
+        if dirty:
+            return 0
+        events = UsageEvent.objects.filter(organization_id=organization_id, timestamp__gte=day, timestamp__lt=day + DAY)
+        deleted = 0
+        while ids := list(events.values_list("id", flat=True)[:chunk_size]):
+            deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]
     return deleted

@@ -9,6 +9,7 @@ rollup rows whatever the event count, and its totals always equal a sum over raw
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,14 +17,25 @@ from decimal import Decimal
 from functools import reduce
 from operator import or_
 
+from django.core.cache import cache
 from django.db import connection
-from django.db.models import Avg, Count, F, FloatField, Q, QuerySet, Sum
+from django.db.models import Avg, Count, F, FloatField, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
 from teams.access import AccessScope
 
 from . import sketch
-from .models import BatchRun, CacheStat, DailyRollup, DirtyDay, DirtyHour, HourlyRollup, UsageEvent
+from .models import (
+    BatchRun,
+    CacheStat,
+    DailyRollup,
+    DailyTeamTotal,
+    DirtyDay,
+    DirtyHour,
+    HourlyRollup,
+    HourlyTeamTotal,
+    UsageEvent,
+)
 from .rollups import DAY, HOUR, SUM_FIELDS, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
@@ -118,26 +130,53 @@ def _within(ranges: list[tuple[datetime, datetime]], column: str) -> Q | None:
 
 @dataclass
 class _Sources:
-    """The three querysets for one scope, range and filter set."""
+    """The querysets for one scope, range and filter set.
+
+    `daily` and `hourly` are `Rollup` rows (per team, model and query type; per user when the
+    question is about users); `totals` are the same buckets' `TeamTotal` rows (one per team and
+    bucket), set when no model or user filter applies: every figure that is not broken down by
+    model or user reads those.
+    """
 
     plan: SourcePlan
     daily: QuerySet | None
     hourly: QuerySet | None
     raw: QuerySet | None
+    daily_totals: QuerySet | None = None
+    hourly_totals: QuerySet | None = None
 
     @property
     def rollups(self) -> list[QuerySet]:
         return [qs for qs in (self.daily, self.hourly) if qs is not None]
 
+    @property
+    def by_team(self) -> bool:
+        return self.daily_totals is not None or self.hourly_totals is not None or not self.rollups
+
+    @property
+    def totals(self) -> list[QuerySet]:
+        """The rollup side at team resolution when available, else the rollup rows themselves."""
+        if not self.by_team:
+            return self.rollups
+        return [qs for qs in (self.daily_totals, self.hourly_totals) if qs is not None]
+
 
 def _filtered(
-    scope: AccessScope, queryset: QuerySet, filters: EventFilter, *, rollup: bool, per_user: bool = False
+    scope: AccessScope,
+    queryset: QuerySet,
+    filters: EventFilter,
+    *,
+    rollup: bool,
+    per_user: bool = False,
+    team_totals: bool = False,
 ) -> QuerySet:
     queryset = scope.filter(queryset)
     if filters.team_id is not None:
         queryset = queryset.filter(team_id=filters.team_id)
     elif filters.team_alias:
         queryset = queryset.filter(team=scope.team(filters.team_alias))
+    if team_totals:  # TeamTotal rows know teams only; they are used when no other filter applies
+        return queryset
     if filters.model:
         # The seed's model_filter matches a family ("gpt-4" finds gpt-4 and gpt-4o).
         queryset = queryset.filter(model__icontains=filters.model)
@@ -149,24 +188,48 @@ def _filtered(
     return queryset
 
 
+def _about_users(filters: EventFilter, per_user: bool) -> bool:
+    return per_user or filters.user_id is not None
+
+
 def _sources(
     scope: AccessScope, filters: EventFilter, *, per_user: bool = False, plan: SourcePlan | None = None
 ) -> _Sources:
     if plan is None:
         plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
-    days, hours, raw = _within(plan.days, "start"), _within(plan.hours, "start"), _within(plan.raw, "timestamp")
+    raw_ranges, hour_ranges = plan.raw, plan.hours
+    if _about_users(filters, per_user):
+        # Per-user rows live in daily rollups only: the other whole hours are read from raw events.
+        raw_ranges, hour_ranges = _ranges_merged(plan.raw + plan.hours), []
+    days, hours, raw = _within(plan.days, "start"), _within(hour_ranges, "start"), _within(raw_ranges, "timestamp")
 
-    def source(queryset: QuerySet, within: Q | None, *, rollup: bool) -> QuerySet | None:
+    def source(queryset: QuerySet, within: Q | None, *, rollup: bool, team_totals: bool = False) -> QuerySet | None:
         if within is None:
             return None
-        return _filtered(scope, queryset.filter(within), filters, rollup=rollup, per_user=per_user)
+        return _filtered(
+            scope, queryset.filter(within), filters, rollup=rollup, per_user=per_user, team_totals=team_totals
+        )
 
-    return _Sources(
+    sources = _Sources(
         plan=plan,
         daily=source(DailyRollup.objects.all(), days, rollup=True),
         hourly=source(HourlyRollup.objects.all(), hours, rollup=True),
         raw=source(UsageEvent.objects.all(), raw, rollup=False),
     )
+    if not filters.model and not _about_users(filters, per_user):
+        sources.daily_totals = source(DailyTeamTotal.objects.all(), days, rollup=True, team_totals=True)
+        sources.hourly_totals = source(HourlyTeamTotal.objects.all(), hours, rollup=True, team_totals=True)
+    return sources
+
+
+def _ranges_merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[list[datetime]] = []
+    for start, end in sorted(ranges):
+        if merged and merged[-1][1] >= start:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
 
 
 # --- aggregation ---------------------------------------------------------------------------------
@@ -205,15 +268,14 @@ def _by_model(sources: _Sources) -> dict[str, dict]:
 def _hourly_trend(scope: AccessScope, filters: EventFilter, sources: _Sources) -> dict[datetime, dict]:
     """Cost and count per hour. Whole clean days are read from their hourly rows here."""
     trend: dict[datetime, dict] = {}
-    hours = _within(sources.plan.hours + sources.plan.days, "start")
-    if hours is not None:
-        hourly = _filtered(scope, HourlyRollup.objects.filter(hours), filters, rollup=True)
+    series_rollups, series_raw = _series_sources(scope, filters, sources, "hour")
+    for hourly in series_rollups:
         for row in hourly.values("start").annotate(cost=Sum("cost"), count=Sum("requests")).order_by():
             bucket = trend.setdefault(row["start"], {"cost": Decimal(0), "count": 0})
             bucket["cost"] += row["cost"] or 0
             bucket["count"] += row["count"] or 0
-    if sources.raw is not None:
-        per_hour = sources.raw.annotate(hour=TruncHour("timestamp", tzinfo=UTC)).values("hour")
+    if series_raw is not None:
+        per_hour = series_raw.annotate(hour=TruncHour("timestamp", tzinfo=UTC)).values("hour")
         for row in per_hour.annotate(cost=Sum("cost"), count=Count("id")).order_by():
             bucket = trend.setdefault(row["hour"], {"cost": Decimal(0), "count": 0})
             bucket["cost"] += row["cost"] or 0
@@ -221,15 +283,63 @@ def _hourly_trend(scope: AccessScope, filters: EventFilter, sources: _Sources) -
     return dict(sorted(trend.items()))
 
 
+def _series_sources(
+    scope: AccessScope, filters: EventFilter, sources: _Sources, granularity: str
+) -> tuple[list[QuerySet], QuerySet | None]:
+    """(rollup querysets, raw events) whose rows, bucketed per hour or day, make a time series.
+
+    Per hour, whole clean days are read from their hourly rows (they are kept): one row per team and
+    hour unless a model filter applies. A user's rows are daily only, so a per-hour series of one
+    user is read from raw events (such series span at most a week).
+    """
+    if granularity != "hour":
+        return sources.totals, sources.raw
+    if filters.user_id is not None:
+        return [], scoped_events(scope=scope, filters=filters)
+    hours = _within(sources.plan.hours + sources.plan.days, "start")
+    if hours is None:
+        return [], sources.raw
+    if filters.model:
+        hourly = _filtered(scope, HourlyRollup.objects.filter(hours), filters, rollup=True)
+    else:
+        hourly = _filtered(scope, HourlyTeamTotal.objects.filter(hours), filters, rollup=True, team_totals=True)
+    return [hourly], sources.raw
+
+
 def _rollup_sketch(queryset: QuerySet) -> dict[int, int]:
     """Merge the latency sketches of many rollup rows inside the database."""
     return _rollup_sketches_by_start(queryset, by_start=False).get(None, {})
 
 
+# Merging sketches is the costliest part of a long-range read, and whole clean days' rows rarely
+# change: merged sketches are cached under the query and a fingerprint of the rows it reads.
+SKETCH_CACHE_SECONDS = 600
+
+
 def _rollup_sketches_by_start(queryset: QuerySet, *, by_start: bool = True) -> dict[datetime | None, dict[int, int]]:
-    """Merged latency sketches per rollup `start` (or all under None), merged inside the database."""
+    """Merged latency sketches per rollup `start` (or all under None), merged inside the database.
+
+    The cache key holds the SQL (so the organization, teams and range) and the rows' count, highest
+    id, summed requests and latency: a recomputed bucket's rows are new rows with higher ids, so any
+    change to the rows read gives a new key.
+    """
     columns = ("start", "latency_sketch") if by_start else ("latency_sketch",)
     sql, params = queryset.values(*columns).query.sql_with_params()
+    fingerprint = queryset.order_by().aggregate(
+        rows=Count("id"), last=Max("id"), requests=Sum("requests"), latency=Sum("latency_sum_ms")
+    )
+    if not fingerprint["rows"]:
+        return {}
+    key = "rollup-sketch:" + hashlib.sha256(repr((by_start, sql, params, fingerprint)).encode()).hexdigest()
+    merged = cache.get(key)
+    if merged is None:
+        merged = _merged_sketches(queryset, sql, params, by_start=by_start)
+        cache.set(key, merged, SKETCH_CACHE_SECONDS)
+    return merged
+
+
+def _merged_sketches(queryset: QuerySet, sql: str, params, *, by_start: bool) -> dict[datetime | None, dict[int, int]]:
+    columns = ("start", "latency_sketch") if by_start else ("latency_sketch",)
     start, group_by = ("s.start, ", "1, 2") if by_start else ("", "1")
     if connection.vendor == "postgresql":
         merge_sql = (
@@ -266,7 +376,7 @@ def _as_utc(value) -> datetime:
 
 
 def _latency_sketch(sources: _Sources) -> dict[int, int]:
-    parts = [_rollup_sketch(qs) for qs in sources.rollups]
+    parts = [_rollup_sketch(qs) for qs in sources.totals]
     if sources.raw is not None:
         raw = sources.raw.values(bucket=sketch.bucket_expression()).annotate(n=Count("id")).order_by()
         parts.append({row["bucket"]: row["n"] for row in raw})
@@ -308,7 +418,7 @@ def usage_cost(*, scope: AccessScope, filters: EventFilter) -> Decimal:
     """Spend for a scope and range (budgets use it)."""
     sources = _sources(scope, filters)
     total = Decimal(0)
-    for queryset in sources.rollups:
+    for queryset in sources.totals:
         total += queryset.aggregate(cost=Sum("cost"))["cost"] or 0
     if sources.raw is not None:
         total += sources.raw.aggregate(cost=Sum("cost"))["cost"] or 0
@@ -374,8 +484,9 @@ def usage_by(
     One grouped query per source (daily rows, hourly rows, raw tail), never one per group. Grouping
     by user reads the per-user rollup rows; `user_ids` narrows the answer to those users.
     """
-    sources = _sources(scope, filters, per_user="user_id" in fields)
-    parts = [(queryset, Sum("requests")) for queryset in sources.rollups]
+    sources = _sources(scope, filters, per_user="user_id" in fields or user_ids is not None)
+    rollups = sources.rollups if "model" in fields else sources.totals
+    parts = [(queryset, Sum("requests")) for queryset in rollups]
     if sources.raw is not None:
         parts.append((sources.raw, Count("id")))
     totals: dict[tuple, dict] = {}
@@ -418,6 +529,7 @@ _RAW_PANEL_SUMS = {
     "ttft_sum_ms": Sum("time_to_first_token_ms"),
     "ttft_count": Count("time_to_first_token_ms"),
 }
+_USER_PANEL_FIELDS = ("requests", "total_tokens", "cost")
 LATENCY_EDGES_MS = (100, 250, 500, 1000, 2000, 5000, 10000)
 
 
@@ -487,7 +599,7 @@ def period_totals(*, scope: AccessScope, filters: EventFilter) -> dict:
     """Summed fields for a range (the previous period's KPIs): at most a few queries."""
     sources = _sources(scope, filters)
     totals = _zero()
-    for queryset in sources.rollups:
+    for queryset in sources.totals:
         _accumulate(totals, queryset.aggregate(**_ROLLUP_PANEL_SUMS))
     if sources.raw is not None:
         _accumulate(totals, sources.raw.aggregate(**_RAW_PANEL_SUMS))
@@ -499,7 +611,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
 
     Returns totals; per model, team and query type sums; a time series (per hour up to 7 days, else
     per UTC day) with cost, tokens, requests, TTFT sums and P50/P95/P99 from the bucket's merged
-    latency sketch; the whole range's merged sketch and its percentiles; the top users.
+    latency sketch; the whole range's merged sketch and its percentiles; requests, tokens and cost per user.
     """
     filters = with_team(scope, filters)
     granularity = granularity_for(filters)
@@ -527,13 +639,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
 
     # 2. The time series. Hourly charts read hourly rows for whole clean days too (they are kept).
     floor = hour_of if granularity == "hour" else day_of
-    if granularity == "hour":
-        within = _within(plan.hours + plan.days, "start")
-        series_rollups = [] if within is None else [
-            _filtered(scope, HourlyRollup.objects.filter(within), filters, rollup=True)
-        ]
-    else:
-        series_rollups = sources.rollups
+    series_rollups, series_raw = _series_sources(scope, filters, sources, granularity)
     series = {start: _zero() for start in bucket_starts(filters.start, filters.end, granularity)}
     sketches: dict[datetime, dict[int, int]] = {start: {} for start in series}
     for queryset in series_rollups:
@@ -541,8 +647,8 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
             _accumulate(series.setdefault(floor(row["start"]), _zero()), row)
         for start, part in _rollup_sketches_by_start(queryset).items():
             sketches[floor(start)] = sketch.merge([sketches.get(floor(start), {}), part])
-    if sources.raw is not None:
-        per_hour = sources.raw.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+    if series_raw is not None:
+        per_hour = series_raw.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
         for row in per_hour.values("hour").annotate(**_RAW_PANEL_SUMS).order_by():
             _accumulate(series.setdefault(floor(row["hour"]), _zero()), row)
         buckets = per_hour.values("hour", bucket=sketch.bucket_expression()).annotate(n=Count("id")).order_by()
@@ -552,14 +658,18 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
     merged = sketch.merge(sketches.values())
 
     # 3. Who spends: users from the per-user rows (the same plan, so no second look at dirty marks).
+    #    Only what the users table shows is summed: these are the most numerous rows the page reads.
     users: dict[str, dict] = {}
     user_sources = _sources(scope, filters, per_user=True, plan=plan)
-    for queryset in user_sources.rollups:
-        for row in queryset.values("user_id").annotate(**_ROLLUP_PANEL_SUMS).order_by():
-            _accumulate(users.setdefault(row["user_id"], _zero()), row)
+    user_sums = {name: Sum(name) for name in _USER_PANEL_FIELDS}
+    parts = [(queryset, user_sums) for queryset in user_sources.rollups]
     if user_sources.raw is not None:
-        for row in user_sources.raw.values("user_id").annotate(**_RAW_PANEL_SUMS).order_by():
-            _accumulate(users.setdefault(row["user_id"], _zero()), row)
+        parts.append((user_sources.raw, {name: _RAW_PANEL_SUMS[name] for name in _USER_PANEL_FIELDS}))
+    for queryset, sums in parts:
+        for row in queryset.values("user_id").annotate(**sums).order_by():
+            entry = users.setdefault(row["user_id"], {"requests": 0, "total_tokens": 0, "cost": Decimal(0)})
+            for name in _USER_PANEL_FIELDS:
+                entry[name] += row[name] or 0
 
     def costliest(items: dict) -> dict:
         return dict(sorted(items.items(), key=lambda item: (-item[1]["cost"], str(item[0]))))
@@ -710,12 +820,18 @@ DEFAULT_REQUEST_SORT = "-time"
 
 
 def request_ordering(sort: str) -> list:
-    """order_by() arguments for a whitelisted sort name (`-` for descending); ties broken by id."""
+    """order_by() arguments for a whitelisted sort name (`-` for descending); ties broken by id.
+
+    NULLS LAST only for columns that can be null: on a NOT NULL column it would only stop
+    PostgreSQL from reading an index in order (newest first by time would sort the whole range).
+    """
     descending = sort.startswith("-")
     column = REQUEST_SORTS[sort.lstrip("-")]
+    nullable = "__" not in column and UsageEvent._meta.get_field(column).null
+    nulls = {"nulls_last": True} if nullable else {}
     if descending:
-        return [F(column).desc(nulls_last=True), F("id").desc()]
-    return [F(column).asc(nulls_last=True), F("id").asc()]
+        return [F(column).desc(**nulls), F("id").desc()]
+    return [F(column).asc(**nulls), F("id").asc()]
 
 
 def request_page(*, events: QuerySet[UsageEvent], sort: str, offset: int, limit: int) -> list[dict]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.db import connection
 
 from metrics import sketch
-from metrics.models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup, UsageEvent
+from metrics.models import DailyRollup, DailyTeamTotal, DirtyDay, DirtyHour, HourlyRollup, HourlyTeamTotal, UsageEvent
 from tests.conftest import api
 
 HOUR = timedelta(hours=1)
@@ -233,10 +233,10 @@ def _empty() -> dict:
             "latency_sketch": defaultdict(int)}
 
 
-def expected_rollups(bucket_of, organization_ids=None) -> dict[tuple, dict]:
+def expected_rollups(bucket_of, organization_ids=None, *, per_user: bool = True) -> dict[tuple, dict]:
     """(org, start, team, model, user_id, query_type, is_team_total) -> sums, per bucket (hour or day).
 
-    Per-user rows have query_type ""; team-total rows (user_id "") are kept per query type.
+    Per-user rows (daily only) have query_type ""; team-total rows (user_id "") are kept per query type.
     """
     rows: dict[tuple, dict] = defaultdict(_empty)
     events = UsageEvent.objects.values(*EVENT_FIELDS)
@@ -244,8 +244,10 @@ def expected_rollups(bucket_of, organization_ids=None) -> dict[tuple, dict]:
         events = events.filter(organization_id__in=organization_ids)
     for e in events:
         start = bucket_of(e["timestamp"])
-        for key in ((e["organization_id"], start, e["team_id"], e["model"], e["user_id"], "", False),
-                    (e["organization_id"], start, e["team_id"], e["model"], "", e["query_type"], True)):
+        keys = [(e["organization_id"], start, e["team_id"], e["model"], "", e["query_type"], True)]
+        if per_user:
+            keys.append((e["organization_id"], start, e["team_id"], e["model"], e["user_id"], "", False))
+        for key in keys:
             r = rows[key]
             r["requests"] += 1
             for name in ("prompt_tokens", "output_tokens", "cached_tokens", "total_tokens"):
@@ -260,6 +262,47 @@ def expected_rollups(bucket_of, organization_ids=None) -> dict[tuple, dict]:
                 r["ttft_count"] += 1
             r["latency_sketch"][sketch.bucket_of(e["latency_ms"])] += 1
     return dict(rows)
+
+
+def expected_team_totals(bucket_of, organization_ids=None) -> dict[tuple, dict]:
+    """(org, start, team) -> sums of every event of the team in the bucket."""
+    totals: dict[tuple, dict] = defaultdict(_empty)
+    for (org, start, team, _model, _user, _query_type, is_team_total), sums in expected_rollups(
+        bucket_of, organization_ids
+    ).items():
+        if not is_team_total:
+            continue
+        into = totals[(org, start, team)]
+        for name, value in sums.items():
+            if name == "latency_sketch":
+                for index, count in value.items():
+                    into[name][index] += count
+            else:
+                into[name] += value
+    return dict(totals)
+
+
+def assert_team_totals_equal_raw(organization_ids=None) -> None:
+    """One team-total row per team and bucket, equal to the raw sums."""
+    for model_class, bucket_of in ((HourlyTeamTotal, hour_of), (DailyTeamTotal, day_of)):
+        name = model_class.__name__
+        want = expected_team_totals(bucket_of, organization_ids)
+        rows = model_class.objects.all()
+        if organization_ids is not None:
+            rows = rows.filter(organization_id__in=organization_ids)
+        got = {(r["organization_id"], r["start"], r["team_id"]): r for r in rows.values()}
+        assert len(got) == rows.count(), f"{name}: duplicate rows"
+        assert set(got) == set(want), f"{name}: missing {set(want) - set(got)} extra {set(got) - set(want)}"
+        for key, w in want.items():
+            g = got[key]
+            for field in INT_FIELDS:
+                assert g[field] == w[field], f"{name} {key}: {field} {g[field]} != {w[field]}"
+            assert g["cost"] == w["cost"], f"{name} {key}: cost"
+            for field in ("latency_sum_ms", "ttft_sum_ms"):
+                assert math.isclose(g[field], w[field], rel_tol=1e-9, abs_tol=1e-6), f"{name} {key}: {field}"
+            assert {int(k): v for k, v in g["latency_sketch"].items()} == dict(w["latency_sketch"]), (
+                f"{name} {key}: latency sketch"
+            )
 
 
 def rollup_table(model_class, organization_ids=None) -> tuple[dict[tuple, dict], int]:
@@ -277,10 +320,12 @@ def rollup_table(model_class, organization_ids=None) -> tuple[dict[tuple, dict],
 
 
 def assert_rollups_equal_raw(organization_ids=None) -> None:
-    """Hourly and daily rows equal the raw sums per bucket, team, model and user: nothing lost, nothing twice."""
+    """Hourly and daily rows equal the raw sums per bucket, team, model and user: nothing lost, nothing twice.
+
+    Per-user rows exist in daily rollups only."""
     for model_class, bucket_of in ((HourlyRollup, hour_of), (DailyRollup, day_of)):
         name = model_class.__name__
-        want = expected_rollups(bucket_of, organization_ids)
+        want = expected_rollups(bucket_of, organization_ids, per_user=model_class is DailyRollup)
         got, count = rollup_table(model_class, organization_ids)
         assert count == len(got), f"{name}: {count - len(got)} duplicate rows"
         missing = sorted(set(want) - set(got), key=str)[:5]
@@ -295,12 +340,13 @@ def assert_rollups_equal_raw(organization_ids=None) -> None:
                 assert math.isclose(g[field], w[field], rel_tol=1e-9, abs_tol=1e-6), f"{name} {key}: {field}"
             got_sketch = {int(k): v for k, v in g["latency_sketch"].items()}
             assert got_sketch == dict(w["latency_sketch"]), f"{name} {key}: latency sketch"
+    assert_team_totals_equal_raw(organization_ids)
 
 
 def rollup_contents() -> dict[str, list[tuple]]:
     """Every rollup row's content (not its id), sorted: for comparing two refreshes row for row."""
     contents = {}
-    for model_class in (HourlyRollup, DailyRollup):
+    for model_class in (HourlyRollup, DailyRollup, HourlyTeamTotal, DailyTeamTotal):
         fields = [f.attname for f in model_class._meta.concrete_fields if f.attname != "id"]
         rows = []
         for values in model_class.objects.values_list(*fields):

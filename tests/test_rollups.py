@@ -204,7 +204,7 @@ def test_it_counts_events_without_a_user_in_per_user_reads(world, data, refreshe
     now = data
     if refreshed:
         dirty_rollups_refresh()
-        assert HourlyRollup.objects.filter(organization=world.acme, user_id="", is_team_total=False).exists()
+        assert DailyRollup.objects.filter(organization=world.acme, user_id="", is_team_total=False).exists()
     scope = AccessScope(organization=world.acme)
     start, end = now - timedelta(hours=70, minutes=13), now - timedelta(minutes=3)
     rows = raw_rows(organization=world.acme, start=start, end=end)
@@ -302,22 +302,21 @@ def test_it_keeps_an_hour_dirty_when_an_event_lands_during_its_recompute(world, 
             format="json",
         )
         assert response.status_code == 200, response.content
-    build_rows = rollups._build_rows
+    recompute = rollups._hours_recompute
     landed = []
 
-    def build_rows_then_ingest(model_class, organization_id, start, groups):
-        rows = build_rows(model_class, organization_id, start, groups)  # the hour's query has run
-        if model_class is HourlyRollup and not landed:
+    def recompute_then_ingest(organization_id, hours):
+        recompute(organization_id, hours)  # the hour's events have been read
+        if not landed:
             # An event for the same hour is stored (and the hour marked) while the recompute is in flight.
             response = api(world.ingest).post(
-                "/api/v1/metrics/track", event(request_id="during", timestamp=iso(start + timedelta(minutes=40))),
+                "/api/v1/metrics/track", event(request_id="during", timestamp=iso(hours[0] + timedelta(minutes=40))),
                 format="json",
             )
             assert response.status_code == 200, response.content
-            landed.append(start)
-        return rows
+            landed.append(hours[0])
 
-    monkeypatch.setattr(rollups, "_build_rows", build_rows_then_ingest)
+    monkeypatch.setattr(rollups, "_hours_recompute", recompute_then_ingest)
     dirty_rollups_refresh()
 
     assert landed == [hour]
@@ -330,7 +329,7 @@ def test_it_keeps_an_hour_dirty_when_an_event_lands_during_its_recompute(world, 
     assert body["total_requests"] == 4
     assert_dashboard_equals_raw(body, raw_rows(organization=world.acme, start=start, end=end), label="during")
 
-    monkeypatch.setattr(rollups, "_build_rows", build_rows)
+    monkeypatch.setattr(rollups, "_hours_recompute", recompute)
     dirty_rollups_refresh()
 
     assert no_dirty_marks()

@@ -27,7 +27,10 @@ For each size N in --sizes, on a fresh database (`llmcost_dashbench`, dropped at
    - that the API's totals equal the raw ones for the same explicit [start, end) (requests and
      tokens exactly; cost within 1e-9 relative, as the API renders Decimals as JSON numbers);
    - GET /api/v1/budget/check?team_alias=… with 50 concurrent clients (closed loop, bounded
-     count), then paced at half the closed loop's rate; client-side p50/p99.
+     count), then paced at half the closed loop's rate; client-side p50/p99;
+   - the web UI as a logged-in member (a real login through /accounts/login/, then the session
+     cookie): the dashboard page and the requests page for the last 30 days, --page-requests
+     sequential requests each after 2 warm-ups, p50/p95 of the time to the whole answer.
 5. prints a summary block for README.md.
 
 Every phase is bounded in count and time; an alarm stops the whole run (cleaning up) after
@@ -169,7 +172,7 @@ def server_env(args) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("REDIS_URL", None)  # caches stay in-process, as in a plain deployment
     env.update(
-        DJANGO_SETTINGS_MODULE="llmcost_project.settings",
+        DJANGO_SETTINGS_MODULE="tests.benchmarks.bench_settings",
         DATABASE_URL=bench_dsn(args),
         DEBUG="false",
         SECRET_KEY=args.secret_key,
@@ -197,6 +200,10 @@ def command(*argv: str) -> str:
     out = io.StringIO()
     call_command(*argv, stdout=out, stderr=io.StringIO())
     return out.getvalue()
+
+
+PAGE_USER = "dashbench-owner@bench.example"
+PAGE_PASSWORD = "dashbench-pw-" + secrets.token_hex(8)
 
 
 @dataclass
@@ -234,6 +241,7 @@ def prepare_database(args) -> Tenancy:
     for alias in TEAMS:
         command("create_budget", slugs[0], "--team", alias, "--amount", "20", "--period", "monthly")
         budgets += 1
+    command("add_member", slugs[0], PAGE_USER, "--role", "owner", "--password", PAGE_PASSWORD)
     orgs = list(Organization.objects.filter(slug__in=slugs).order_by("id").values_list("id", "slug"))
     teams = {
         org_id: [
@@ -891,6 +899,89 @@ def raw_and_check(args, server: Server, token: str, org_id: int) -> tuple[dict, 
     return results, failures
 
 
+def _cookies(headers) -> dict[str, str]:
+    """name -> value of every Set-Cookie (Secure cookies included: the server runs without TLS here)."""
+    jar = {}
+    for name, value in headers:
+        if name.lower() == "set-cookie":
+            pair = value.split(";", 1)[0]
+            key, _, val = pair.partition("=")
+            jar[key.strip()] = val.strip()
+    return jar
+
+
+def page_login(server: Server, slug: str) -> str:
+    """Log in through the real login form; returns the Cookie header of the session."""
+    import http.client
+    import re
+
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
+    try:
+        conn.request("GET", "/accounts/login/")
+        response = conn.getresponse()
+        page = response.read().decode()
+        jar = _cookies(response.getheaders())
+        match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        if response.status != 200 or not match or "csrftoken" not in jar:
+            raise BenchFailure(f"login page: HTTP {response.status}, no CSRF token")
+        body = urllib.parse.urlencode(
+            {"csrfmiddlewaretoken": match.group(1), "username": PAGE_USER, "password": PAGE_PASSWORD}
+        )
+        conn.request(
+            "POST", "/accounts/login/", body=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={jar['csrftoken']}"},
+        )  # fmt: skip
+        response = conn.getresponse()
+        response.read()
+        jar |= _cookies(response.getheaders())
+        if response.status != 302 or "sessionid" not in jar:
+            raise BenchFailure(f"login: HTTP {response.status}, no session cookie (locked out or wrong password?)")
+    finally:
+        conn.close()
+    return "; ".join(f"{key}={value}" for key, value in jar.items())
+
+
+def page_latency(args, server: Server, slug: str) -> dict[str, dict]:
+    """Server time of the web UI pages a member opens most, for the last 30 days (logged-in session)."""
+    import http.client
+
+    cookie = page_login(server, slug)
+    pages = [("dashboard", f"/o/{slug}/?range=30d"), ("requests", f"/o/{slug}/requests/?range=30d")]
+    results = {}
+    for label, path in pages:
+        latencies = []
+        deadline = time.monotonic() + args.dashboard_seconds
+        for i in range(2 + args.page_requests):
+            if time.monotonic() > deadline:
+                raise BenchFailure(f"page {label}: hit the {args.dashboard_seconds:.0f} s bound")
+            conn = http.client.HTTPConnection(HOST, server.port, timeout=60)
+            try:
+                t = time.perf_counter()
+                conn.request("GET", path, headers={"Cookie": cookie})
+                response = conn.getresponse()
+                body = response.read()
+                elapsed = time.perf_counter() - t
+            finally:
+                conn.close()
+            if response.status != 200:
+                raise BenchFailure(f"page {label}: HTTP {response.status}: {body[:300]!r}\n{server.log_tail()}")
+            if i >= 2:
+                latencies.append(elapsed * 1000)
+        latencies.sort()
+        results[label] = {
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "max": latencies[-1],
+            "n": len(latencies),
+            "bytes": len(body),
+        }
+        log(
+            f"  page {label} 30d: p50 {results[label]['p50']:.1f} ms, p95 {results[label]['p95']:.1f} ms, "
+            f"max {results[label]['max']:.1f} ms ({len(latencies)} requests, {len(body):,} B page)"
+        )
+    return results
+
+
 class Connection:
     """One HTTP/1.1 connection: hand-written requests, Content-Length bodies, reopened when closed."""
 
@@ -1060,6 +1151,7 @@ def reuse_database(args) -> tuple[Tenancy, int]:
         )
         for org_id, _ in orgs
     }
+    command("add_member", orgs[0][1], PAGE_USER, "--role", "owner", "--password", PAGE_PASSWORD)
     tokens = []
     for scopes in ("read", "ingest"):
         raw = command("create_token", orgs[0][1], "--scopes", scopes, "--name", f"dashbench-{scopes}")
@@ -1109,6 +1201,10 @@ def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
             result["dashboard"] = dashboard_latency(args, server, tenancy.read_token)
         result["dashboard_other"] = phase.used["other"]
         log("  " + phase.report())
+        wait_for_quiet(args)
+        with Phase(args, server) as phase:
+            result["pages"] = page_latency(args, server, tenancy.orgs[0][1])
+        log("  " + phase.report())
         result["raw"], mismatches = raw_and_check(args, server, tenancy.read_token, org_id)
         failures.extend(f"size {size:,}: {m}" for m in mismatches)
         alias = TEAMS[0]
@@ -1156,6 +1252,11 @@ def summary_lines(results: list[dict], args) -> list[str]:
         checks = all(r["raw"][label]["ok"] for label, _ in RANGES)
         exact = all(r["raw"][label]["exact"] for label, _ in RANGES)
         worst = max(r["raw"][label]["relative"] for label, _ in RANGES)
+        pages = r["pages"]
+        line += (
+            f"; pages 30d p50/p95 ms (logged in): dashboard {pages['dashboard']['p50']:.0f}/"
+            f"{pages['dashboard']['p95']:.0f}, requests {pages['requests']['p50']:.0f}/{pages['requests']['p95']:.0f}"
+        )
         line += (
             f"; API totals = raw: {'yes' if checks else 'NO'}"
             f" (cost {'identical' if exact else f'within {worst:.0e} relative'})"
@@ -1167,7 +1268,8 @@ def summary_lines(results: list[dict], args) -> list[str]:
         lines.append(f"30d p95 ratio {large['size'] / 1e6:g}M/{small['size'] / 1e6:g}M = {ratio:.2f}×")
     lines.append(
         "Targets: 30-day dashboard p95 ≤ 150 ms at 10 M events and ≤ 1.5× its 1 M time; rollups ≤ 10 s per 1 M "
-        "events; budget-check p99 ≤ 10 ms at 50 concurrent callers."
+        "events; budget-check p99 ≤ 10 ms at 50 concurrent callers; dashboard and requests pages (30 days) "
+        "p95 ≤ 250 ms at 10 M events."
     )
     return lines
 
@@ -1182,6 +1284,9 @@ def target_lines(results: list[dict]) -> list[str]:
     if large is not small:
         ratio = p95 / small["dashboard"]["30d"]["p95"]
         verdicts.append((f"30d p95 ≤ 1.5× from {small['size']:,} to {large['size']:,} ({ratio:.2f}×)", ratio <= 1.5))
+    for label in ("dashboard", "requests"):
+        page = large["pages"][label]["p95"]
+        verdicts.append((f"{label} page 30d p95 ≤ 250 ms at {large['size']:,} ({page:.0f} ms)", page <= 250))
     for r in results:
         if r["rollup"] is None:
             continue
@@ -1211,6 +1316,7 @@ def main(argv=None) -> int:
         help="after the closed loop, a paced run at this fraction of its rate (0: skip)",
     )  # fmt: skip
     parser.add_argument("--fresh-events", type=int, default=200, help="events POSTed into the open hour")
+    parser.add_argument("--page-requests", type=int, default=20, help="sequential requests per web page")
     parser.add_argument("--raw-runs", type=int, default=5, help="timed runs of the raw SQL aggregate")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
     parser.add_argument("--keep", action="store_true", help=f"keep {DB_NAME} (the last size) for profiling")
