@@ -13,8 +13,11 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -424,3 +427,23 @@ def test_every_metric_the_dashboard_queries_is_exported_by_metrics(world, settin
     assert {"llmcost_cost_usd_total", "llmcost_tokens_total", "llmcost_budget_used_ratio",
             "django_http_requests_latency_seconds_by_view_method_bucket"} <= queried
     assert queried - exported == set()
+
+
+def test_the_image_build_collects_static_files_for_production(tmp_path):
+    """The Dockerfile's collectstatic runs with DEBUG off: the manifest storage rewrites every URL
+    a stylesheet or script references and fails on one that is not shipped."""
+    environment = {
+        **os.environ, "DEBUG": "false", "SECRET_KEY": "collectstatic-only-0123456789abcdefghijklmnop",
+        "LLMCOST_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "llmcost_project.settings",
+    }
+    collect = (
+        "import django, sys; django.setup(); from django.conf import settings; "
+        "settings.STATIC_ROOT = sys.argv[1]; from django.core.management import call_command; "
+        "call_command('collectstatic', interactive=False, verbosity=0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", collect, str(tmp_path / "static")],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert any((tmp_path / "static" / "vendor" / "chartjs").glob("chart.umd.min.*.js"))  # hashed names
