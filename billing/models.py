@@ -87,6 +87,10 @@ class Budget(models.Model):
     extra_emails = models.JSONField(default=list, blank=True, help_text="Also alert these addresses.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The last evaluation's answer (every minute, by the budgets task), for readers that must not
+    # query usage themselves, such as the Prometheus scrape.
+    evaluated_spend_usd = MoneyField(null=True, blank=True, editable=False)  # type: ignore[misc]
+    evaluated_period_start = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [

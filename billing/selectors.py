@@ -94,7 +94,7 @@ class BudgetStatus:
             "budget_id": self.budget.pk,
             "name": self.budget.name,
             "scope": self.scope,
-            "team_alias": self.budget.team.alias if self.budget.team_id else None,
+            "team_alias": self.budget.team.alias if self.budget.team else None,
             "user_id": self.budget.user_id or None,
             "period": self.budget.period,
             "period_start": self.period_start,

@@ -229,6 +229,9 @@ def budgets_evaluate(*, now: datetime | None = None) -> int:
     created = 0
     for budget in Budget.objects.filter(is_active=True).select_related("organization", "team"):
         status = budget_status(budget, now, fresh=True)
+        Budget.objects.filter(pk=budget.pk).update(
+            evaluated_spend_usd=status.spend, evaluated_period_start=status.period_start
+        )
         crossed = [t for t in budget.thresholds if status.spend * 100 >= budget.amount_usd * t]
         for threshold in crossed:
             _, was_created = BudgetAlert.objects.get_or_create(

@@ -30,7 +30,7 @@ class UsageEvent(models.Model):
     prompt_cost = MoneyField(default=0)
     output_cost = MoneyField(default=0)
     cost = MoneyField(default=0)
-    client_cost = MoneyField(null=True, blank=True)
+    client_cost = MoneyField(null=True, blank=True)  # type: ignore[misc]  # reads None or a Decimal
     is_priced = models.BooleanField(default=True, help_text="False: no price matched; cost is the client's, if any.")
     price = models.ForeignKey("billing.ModelPrice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 

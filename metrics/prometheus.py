@@ -113,30 +113,31 @@ def _window_sources(start: datetime, end: datetime) -> tuple[Q | None, Q | None]
     return daily, hourly
 
 
-def _window_cost(*, organization_id: int, start: datetime, end: datetime, per_user: bool, extra: Q) -> dict:
-    """Cost in the window per team (team-total rows) or per (team, user) (per-user rows)."""
-    keys = ("team_id", "user_id") if per_user else ("team_id",)
-    totals: dict[tuple, Decimal] = defaultdict(Decimal)
+def _window_cost(*, organization_id: int, start: datetime, end: datetime) -> dict[int, Decimal]:
+    """Cost in the window per team, from the team-total rollup rows."""
+    totals: dict[int, Decimal] = defaultdict(Decimal)
     daily, hourly = _window_sources(start, end)
     for model_class, within in ((DailyRollup, daily), (HourlyRollup, hourly)):
         if within is None:
             continue
         rows = (
-            model_class.objects.filter(within, extra, organization_id=organization_id, is_team_total=not per_user)
-            .values(*keys)
+            model_class.objects.filter(within, organization_id=organization_id, is_team_total=True)
+            .values("team_id")
             .annotate(cost=Sum("cost"))
             .order_by()
         )
         for row in rows:
-            totals[tuple(row[key] for key in keys)] += row["cost"] or Decimal(0)
+            totals[row["team_id"]] += row["cost"] or Decimal(0)
     return totals
 
 
 def budget_spends(now: datetime) -> list[tuple[Budget, Decimal]]:
-    """Every active budget with its spend so far in its current period, from rollups only.
+    """Every active budget with its spend so far in its current period.
 
-    Budgets sharing an organization and period are summed together: two grouped queries per
-    window, plus two for user budgets, however many budgets there are.
+    Organization and team budgets sharing an organization and period are summed together from
+    team-total rollup rows: two grouped queries per window, however many budgets there are. Rollups
+    keep per-user rows by day only, so a user budget reports the spend its last evaluation found
+    (the budgets task, every minute; the figure its alerts use), and 0 in a period not yet evaluated.
     """
     budgets = list(Budget.objects.filter(is_active=True).select_related("organization", "team").order_by("id"))
     windows: dict[tuple, list[Budget]] = defaultdict(list)
@@ -144,21 +145,18 @@ def budget_spends(now: datetime) -> list[tuple[Budget, Decimal]]:
         windows[(budget.organization_id, *budget_period(budget, now))].append(budget)
     spends = []
     for (organization_id, start, end), group in windows.items():
-        per_team = _window_cost(organization_id=organization_id, start=start, end=end, per_user=False, extra=Q())
-        users = [b for b in group if b.user_id]
-        per_user = {}
-        if users:
-            per_user = _window_cost(
-                organization_id=organization_id, start=start, end=end, per_user=True,
-                extra=Q(team_id__in={b.team_id for b in users}, user_id__in={b.user_id for b in users}),
-            )
+        per_team = None
         for budget in group:
             if budget.user_id:
-                spend = per_user.get((budget.team_id, budget.user_id), Decimal(0))
-            elif budget.team_id is not None:
-                spend = per_team.get((budget.team_id,), Decimal(0))
+                evaluated = budget.evaluated_period_start == start and budget.evaluated_spend_usd is not None
+                spend = budget.evaluated_spend_usd if evaluated else Decimal(0)
             else:
-                spend = sum(per_team.values(), Decimal(0))
+                if per_team is None:
+                    per_team = _window_cost(organization_id=organization_id, start=start, end=end)
+                if budget.team_id is not None:
+                    spend = per_team.get(budget.team_id, Decimal(0))
+                else:
+                    spend = sum(per_team.values(), Decimal(0))
             spends.append((budget, spend))
     return spends
 

@@ -338,7 +338,7 @@ def _insert_sql(
         FROM groups WHERE grain IN ({_PER_USER}, {_PER_QUERY_TYPE})
         GROUP BY organization_id, start, team_id, model, user_id, query_type, grain
     """  # noqa: S608 -- table names come from the models
-    params = [
+    params: list[Any] = [
         sketch.ZERO_BUCKET,
         sketch.LN_GAMMA,
         UsageEvent.Status.ERROR.value,

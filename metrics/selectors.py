@@ -19,7 +19,7 @@ from operator import or_
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Avg, Count, F, FloatField, Max, Q, QuerySet, Sum
+from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
 from teams.access import AccessScope
@@ -486,7 +486,7 @@ def usage_by(
     """
     sources = _sources(scope, filters, per_user="user_id" in fields or user_ids is not None)
     rollups = sources.rollups if "model" in fields else sources.totals
-    parts = [(queryset, Sum("requests")) for queryset in rollups]
+    parts: list[tuple[QuerySet, Aggregate]] = [(queryset, Sum("requests")) for queryset in rollups]
     if sources.raw is not None:
         parts.append((sources.raw, Count("id")))
     totals: dict[tuple, dict] = {}
@@ -630,7 +630,10 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
         for row in sources.raw.values(*keys).annotate(**_RAW_PANEL_SUMS).order_by():
             key = (row["team_id"], row["model"], "" if per_user_rows else row["query_type"])
             _accumulate(groups.setdefault(key, _zero()), row)
-    totals, models, teams, query_types = _zero(), {}, {}, {}
+    totals = _zero()
+    models: dict[str, dict] = {}
+    teams: dict[int, dict] = {}
+    query_types: dict[str, dict] = {}
     for (team_id, model, query_type), sums in groups.items():
         _accumulate(totals, sums)
         _accumulate(models.setdefault(model, _zero()), sums)
@@ -646,6 +649,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
         for row in queryset.values("start").annotate(**_ROLLUP_PANEL_SUMS).order_by():
             _accumulate(series.setdefault(floor(row["start"]), _zero()), row)
         for start, part in _rollup_sketches_by_start(queryset).items():
+            assert start is not None  # grouped by start
             sketches[floor(start)] = sketch.merge([sketches.get(floor(start), {}), part])
     if series_raw is not None:
         per_hour = series_raw.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
@@ -661,7 +665,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
     #    Only what the users table shows is summed: these are the most numerous rows the page reads.
     users: dict[str, dict] = {}
     user_sources = _sources(scope, filters, per_user=True, plan=plan)
-    user_sums = {name: Sum(name) for name in _USER_PANEL_FIELDS}
+    user_sums: dict[str, Aggregate] = {name: Sum(name) for name in _USER_PANEL_FIELDS}
     parts = [(queryset, user_sums) for queryset in user_sources.rollups]
     if user_sources.raw is not None:
         parts.append((user_sources.raw, {name: _RAW_PANEL_SUMS[name] for name in _USER_PANEL_FIELDS}))

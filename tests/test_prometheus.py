@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from billing.models import Budget
 from billing.selectors import budget_period, budget_status
+from billing.services import budgets_evaluate
 from metrics.models import UsageEvent
 from metrics.rollups import dirty_rollups_refresh
 from teams.models import Team
@@ -171,6 +172,7 @@ def test_it_exports_each_active_budgets_spend_limit_and_used_ratio(client, world
     globex = Budget.objects.create(organization=world.globex, amount_usd=Decimal(4), period="weekly")
     Budget.objects.create(organization=world.acme, amount_usd=Decimal(1), is_active=False)
     dirty_rollups_refresh()
+    budgets_evaluate()  # user budgets report the spend of their last evaluation
 
     parsed = samples(scrape(client).content)
 
@@ -193,6 +195,27 @@ def test_it_exports_each_active_budgets_spend_limit_and_used_ratio(client, world
         assert ratios[key] == float(spend / budget.amount_usd)
         # The same figure the budget check answers (which also reads the open tail of raw events).
         assert budget_status(budget, fresh=True).spend == spend
+
+
+def test_a_user_budget_reports_its_last_evaluation_in_the_organizations_time_zone(client, world):
+    world.acme.time_zone = "America/New_York"
+    world.acme.save()
+    user = Budget.objects.create(organization=world.acme, team=world.chatbot, user_id="alice",
+                                 amount_usd=Decimal(6), period="daily")
+    start, _ = budget_period(user, datetime.now(UTC))
+    ingest(world.ingest, costing("3.00", at=start + timedelta(seconds=1), team_alias="chatbot", user_id="alice"),
+           costing("1.00", at=start + timedelta(seconds=1), team_alias="chatbot", user_id="bob"))
+    dirty_rollups_refresh()
+    key = labels(organization="acme", team="chatbot", budget_id=str(user.pk), name="", scope="user", period="daily")
+
+    before = samples(scrape(client).content)
+    budgets_evaluate()
+    after = samples(scrape(client).content)
+
+    assert series(before, "llmcost_budget_spend_usd")[key] == 0  # not evaluated in this period yet
+    if budget_period(user, datetime.now(UTC))[0] == start:  # the day did not end meanwhile
+        assert series(after, "llmcost_budget_spend_usd")[key] == 3.0
+        assert series(after, "llmcost_budget_used_ratio")[key] == 0.5
 
 
 # --- bounded cardinality ------------------------------------------------------------------------------
