@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -140,12 +141,26 @@ def budget_check(*, organization: Organization, team: Team | None, user_id: str 
     """The answer a gateway gets. Cached as a whole for the spend window: a gateway asks before
     every call, and the key names the organization, so no answer serves another organization."""
     ttl = settings.BUDGET_SPEND_CACHE_SECONDS
-    key = f"budget-check:{organization.pk}:{team.pk if team else '-'}:{user_id or ''}"
-    answer = cache.get(key) if ttl > 0 else None
+    if ttl <= 0:
+        return _budget_check(organization=organization, team=team, user_id=user_id)
+    # Whether any budget applies is cached per organization, so a call from a user or team
+    # without one (most calls) costs no query even when its own answer is not cached yet.
+    scopes_key = f"budget-scopes:{organization.pk}"
+    scopes = cache.get(scopes_key)
+    if scopes is None:
+        active = Budget.objects.filter(organization=organization, is_active=True)
+        scopes = set(active.values_list("team_id", "user_id"))
+        cache.set(scopes_key, scopes, ttl)
+    team_id = team.pk if team else None
+    if not any(t is None or (t == team_id and u in ("", user_id)) for t, u in scopes):
+        return {"allowed": True, "team_alias": team.alias if team else None, "user_id": user_id, "budgets": []}
+    # Users ids are free text: hashed, they make a key every cache backend takes.
+    user_key = hashlib.sha256(user_id.encode()).hexdigest()[:32] if user_id else ""
+    key = f"budget-check:{organization.pk}:{team_id or '-'}:{user_key}"
+    answer = cache.get(key)
     if answer is None:
         answer = _budget_check(organization=organization, team=team, user_id=user_id)
-        if ttl > 0:
-            cache.set(key, answer, ttl)
+        cache.set(key, answer, ttl)
     return answer
 
 

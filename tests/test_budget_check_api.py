@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import Budget
-from billing.selectors import budget_period
+from billing.selectors import budget_check, budget_period
 from billing.services import budget_create
 from metrics.models import UsageEvent
 from teams.services import token_create, token_revoke
@@ -340,3 +340,19 @@ def test_it_answers_a_batch_with_the_budget_of_each_team_and_keeps_every_event(w
     assert body["budgets"]["search"]["allowed"] is False
     assert money(by_name(body["budgets"]["search"])["search"]["spend"]) == Decimal(10)
     assert UsageEvent.objects.filter(team=world.search).count() == 3
+
+
+def test_with_caching_on_a_call_no_budget_applies_to_costs_no_query(world, settings, django_assert_num_queries):
+    settings.BUDGET_SPEND_CACHE_SECONDS = 60
+    new_budget(world.acme, "5", team=world.search, user_id="bob")
+    budget_check(organization=world.acme, team=world.chatbot, user_id="alice")  # caches the org's budget scopes
+
+    with django_assert_num_queries(0):
+        answer = budget_check(organization=world.acme, team=world.chatbot, user_id="carol\nwith odd chars " * 20)
+
+    assert answer["allowed"] is True and answer["budgets"] == []
+    # A call a budget applies to is still answered from that budget (and then cached).
+    ingest(world.ingest, costing("6.00", team_alias="search", user_id="bob"))
+    answer = budget_check(organization=world.acme, team=world.search, user_id="bob")
+    assert answer["allowed"] is True  # a soft budget: over, but allowed
+    assert [b["spend"] for b in answer["budgets"]] == [Decimal("6.00")]
