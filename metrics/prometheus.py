@@ -47,13 +47,12 @@ from llmcost_project.api_errors import error_body
 from teams.models import Organization, Team
 
 from .models import DailyRollup, DirtyHour, HourlyRollup
+from .rollups import DAY, HOUR, day_of, hour_of
 
 logger = logging.getLogger(__name__)
 
 OTHER = "other"
 CACHE_KEY = "prometheus-business-metrics:v2"
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
 
 # The rollup columns summed per organization, team and model.
 USAGE_COLUMNS = (
@@ -91,21 +90,16 @@ def rollup_usage_totals() -> list[dict]:
     return [{key: value or 0 for key, value in row.items()} for row in rows]
 
 
-def _ceil(moment: datetime, step: timedelta) -> datetime:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    steps = -((epoch - moment) // step)  # ceiling division
-    return epoch + steps * step
-
-
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return epoch + ((moment - epoch) // step) * step
+def _ceil(moment: datetime, floor, step: timedelta) -> datetime:
+    """The first boundary at or after `moment` (`floor` is hour_of or day_of)."""
+    start = floor(moment)
+    return start if start == moment else start + step
 
 
 def _window_sources(start: datetime, end: datetime) -> tuple[Q | None, Q | None]:
     """Rollup rows covering [start, end): daily rows for whole UTC days, hourly rows for the rest."""
-    first_hour = _ceil(start, HOUR)
-    first_day, last_day = _ceil(first_hour, DAY), _floor(end, DAY)
+    first_hour = _ceil(start, hour_of, HOUR)
+    first_day, last_day = _ceil(first_hour, day_of, DAY), day_of(end)
     if first_day >= last_day:
         return None, Q(start__gte=first_hour, start__lt=end)
     daily = Q(start__gte=first_day, start__lt=last_day)

@@ -234,6 +234,19 @@ def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
     return hours_rollup_refresh(organization_id=organization_id, hours=[hour]) == 1
 
 
+def _pruned(organization_id: int, starts: list[datetime], step: timedelta) -> list[datetime]:
+    """The periods whose raw events retention has deleted: past the cutoff and empty."""
+    cutoff = prune_cutoff()
+    return [
+        start
+        for start in starts
+        if start < cutoff
+        and not UsageEvent.objects.filter(
+            organization_id=organization_id, timestamp__gte=start, timestamp__lt=start + step
+        ).exists()
+    ]
+
+
 def hours_rollup_refresh(*, organization_id: int, hours: list[datetime]) -> int:
     """Recompute hours of one organization from raw events in one transaction; returns how many
     (hours another worker holds are left to it)."""
@@ -243,15 +256,7 @@ def hours_rollup_refresh(*, organization_id: int, hours: list[datetime]) -> int:
         if not hours:
             return 0
         seen = _seen_versions(DirtyHour, "hour", organization_id, hours)
-        cutoff = prune_cutoff()
-        pruned = [
-            hour
-            for hour in hours
-            if hour < cutoff
-            and not UsageEvent.objects.filter(
-                organization_id=organization_id, timestamp__gte=hour, timestamp__lt=hour + HOUR
-            ).exists()
-        ]
+        pruned = _pruned(organization_id, hours, HOUR)
         # Pruned (whole hours are pruned, and never while dirty): their rollups are all that is
         # left, so a stray mark must not replace them with nothing.
         recompute = [hour for hour in hours if hour not in pruned]
@@ -368,15 +373,7 @@ def days_rollup_refresh(*, organization_id: int, days: list[datetime]) -> int:
         if not days:
             return 0
         seen = _seen_versions(DirtyDay, "day", organization_id, days)
-        cutoff = prune_cutoff()
-        pruned = [
-            day
-            for day in days
-            if day < cutoff
-            and not UsageEvent.objects.filter(
-                organization_id=organization_id, timestamp__gte=day, timestamp__lt=day + DAY
-            ).exists()
-        ]
+        pruned = _pruned(organization_id, days, DAY)
         # A pruned day's rollups are all that is left of it (see hours_rollup_refresh).
         recompute = [day for day in days if day not in pruned]
         if recompute:
