@@ -20,28 +20,15 @@ from billing.templatetags.humanize_money import usd
 from metrics.models import DailyRollup, HourlyRollup, UsageEvent
 from metrics.rollups import dirty_rollups_refresh
 from tests.conftest import api, event
+from tests.web_support import client_for, page_settings
 
 DASHBOARD = "/o/acme/"
 DATA = "/o/acme/dashboard.json"
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def _plain_static_files(settings):
-    """Pages name static files; without collectstatic the manifest storage of DEBUG=false knows none."""
-    settings.STORAGES = {**settings.STORAGES, "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
-
-
-def client_for(user) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
+def _pages(settings):
+    page_settings(settings)
 
 
 def iso(moment: datetime) -> str:

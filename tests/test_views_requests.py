@@ -10,34 +10,20 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from metrics import views
 from metrics.models import UsageEvent
 from tests.conftest import api, event
+from tests.web_support import client_for, page_settings
 
 REQUESTS = "/o/acme/requests/"
 CSV = "/o/acme/requests.csv"
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def _plain_static_files(settings):
-    """Pages name static files; without collectstatic the manifest storage of DEBUG=false knows none."""
-    settings.STORAGES = {**settings.STORAGES, "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
-
-
-def client_for(user) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
+def _pages(settings):
+    page_settings(settings)
 
 
 def iso(moment: datetime) -> str:
