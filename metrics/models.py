@@ -160,20 +160,31 @@ class RollupSums(models.Model):
 
 
 class Rollup(RollupSums):
-    """Totals of the events of one bucket (hour or day) for one team, model and user.
+    """Totals of the events of one bucket (hour or day), at one of three grains.
 
-    Each bucket also has team-total rows (`is_team_total`), one per team, model and query type,
-    summing all users, so organization and team views read a few rows per bucket instead of one
-    per user.
+    - Team-total rows (`is_team_total`), summing all users: hourly per team and model, daily per
+      team, model and query type. Organization, team and model views read these.
+    - Per-user rows (daily only): per team and user, sums only (`model` and `query_type` empty, no
+      latency sketch). Users tables, top users and user budgets read these; a view broken down by
+      model or latency for one user reads that user's raw events.
+
+    Coarse grains keep the rollup to a few rows per hundred events.
     """
 
-    # No index of its own: the unique constraint and the read index both start with it, and every
-    # extra index costs the rollup a write per row.
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
-    model = models.CharField(max_length=200)
+    # Rollup rows are derived data, rewritten by the thousand per rollup transaction: their foreign
+    # keys are no database constraints (a deferred check per row and key costs the rollup about as
+    # much as writing the row) and have no index of their own (the unique constraint and the read
+    # index start with the organization; deleting a team or organization cascades in the ORM).
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    model = models.CharField(max_length=200, blank=True)
     user_id = models.CharField(max_length=255, blank=True)
-    query_type = models.CharField(max_length=100, blank=True, help_text="Set on team-total rows only.")
+    query_type = models.CharField(max_length=100, blank=True, help_text="Set on daily team-total rows only.")
     is_team_total = models.BooleanField(default=False)
     start = models.DateTimeField()
 
@@ -217,8 +228,12 @@ class TeamTotal(RollupSums):
     whatever the number of models, users or events. Filters on model or user read `Rollup` rows.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
     start = models.DateTimeField()
 
     class Meta:

@@ -3,12 +3,13 @@
 Ingest marks the hours it touched (`mark_hours_dirty`, in the same transaction as the events).
 `dirty_rollups_refresh` recomputes each dirty hour from raw events with one grouped query and
 replaces that hour's rows, marks its day dirty, and clears the hour's mark only if no event
-arrived meanwhile; then rebuilds dirty days from hourly rows. Every step is one transaction, so a
+arrived meanwhile; then recomputes the dirty days from raw events the same way. Every step is one transaction, so a
 worker killed at any point leaves either the old rows and the mark, or the new rows and no mark:
 nothing is lost or counted twice, and running it again (or concurrently) is harmless.
 
-Each bucket has three kinds of rows: per (team, model, user), per (team, model, query type) — the
-team-total rows — and one `TeamTotal` row per team. On PostgreSQL a backlog is processed in chunks
+Each bucket has team-total `Rollup` rows (hourly per team and model, daily per team, model and
+query type), daily per-user rows (per team and user, sums only) and one `TeamTotal` row per team:
+a few rows per hundred events, whatever the traffic (see `Rollup`). On PostgreSQL a backlog is processed in chunks
 of hours (and days) of one organization: one `INSERT … SELECT` builds every row of the chunk,
 latency sketch included (`jsonb_object_agg`), so the events never leave the database; the commit
 does not wait for the WAL flush (`synchronous_commit = off`: a crash may lose the last commits'
@@ -93,6 +94,17 @@ def mark_hours_dirty(*, organization_id: int, moments: Iterable[datetime]) -> No
     _upsert_marks(DirtyHour, "hour", organization_id, (hour_of(m) for m in moments))
 
 
+def bucket_ranges(starts: Iterable[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Consecutive bucket starts merged into [start, end) ranges."""
+    ranges: list[list[datetime]] = []
+    for start in sorted(starts):
+        if ranges and ranges[-1][1] == start:
+            ranges[-1][1] = start + step
+        else:
+            ranges.append([start, start + step])
+    return [(a, b) for a, b in ranges]
+
+
 def _mark_days_dirty(*, organization_id: int, moments: Iterable[datetime]) -> None:
     _upsert_marks(DirtyDay, "day", organization_id, (day_of(m) for m in moments))
 
@@ -149,24 +161,25 @@ class _Totals:
 
 
 def _build_rows(
-    model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]], *, per_user: bool
+    model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]], *, daily: bool
 ):
-    """Team-total rows per (team, model, query type), and (`per_user`) rows per (team, model, user).
+    """Team-total rows per (team, model), daily per (team, model, query type); daily also per-user
+    rows per (team, user), sums only (see `Rollup`).
 
     `groups` yields ((team_id, model, user_id, query_type), sums, latency counts).
     """
     users: dict[tuple, _Totals] = {}
     per_team: dict[tuple, _Totals] = {}
     for (team_id, model, user_id, query_type), values, latency in groups:
-        if per_user:
-            users.setdefault((team_id, model, user_id), _Totals()).add(values, latency)
-        per_team.setdefault((team_id, model, query_type), _Totals()).add(values, latency)
+        if daily:
+            users.setdefault((team_id, user_id), _Totals()).add(values, {})
+        per_team.setdefault((team_id, model, query_type if daily else ""), _Totals()).add(values, latency)
     common = {"organization_id": organization_id, "start": start}
     rows = [
         totals.row(
-            model_class, **common, team_id=team_id, model=model, user_id=user_id, query_type="", is_team_total=False
+            model_class, **common, team_id=team_id, model="", user_id=user_id, query_type="", is_team_total=False
         )
-        for (team_id, model, user_id), totals in users.items()
+        for (team_id, user_id), totals in users.items()
     ]
     rows += [
         totals.row(
@@ -272,11 +285,11 @@ def _hours_recompute(organization_id: int, hours: list[datetime]) -> None:
     HourlyRollup.objects.filter(organization_id=organization_id, start__in=hours).delete()
     HourlyTeamTotal.objects.filter(organization_id=organization_id, start__in=hours).delete()
     if connection.vendor == "postgresql":
-        _insert_sql(organization_id, hours, "hour", HourlyRollup, HourlyTeamTotal, per_user=False)
+        _insert_sql(organization_id, hours, "hour", HourlyRollup, HourlyTeamTotal)
         return
     for hour in hours:
         groups = _event_groups(organization_id, hour, hour + HOUR)
-        rows = _build_rows(HourlyRollup, organization_id, hour, groups, per_user=False)
+        rows = _build_rows(HourlyRollup, organization_id, hour, groups, daily=False)
         HourlyRollup.objects.bulk_create(rows, batch_size=1000)
         HourlyTeamTotal.objects.bulk_create(_team_totals(HourlyTeamTotal, rows), batch_size=1000)
 
@@ -286,72 +299,95 @@ def _table(model) -> str:
 
 
 _ROW_COLUMNS = ", ".join(SUM_FIELDS) + ", latency_sketch"
-# GROUPING(model, user_id, query_type) of the grouping sets below (user_id is grouped only with per-user rows).
-_PER_USER, _PER_QUERY_TYPE, _PER_TEAM = 1, 2, 7
+_KEY_COLUMNS = "organization_id, start, team_id, model, user_id, query_type, is_team_total"
 
 
-def _insert_sql(
-    organization_id: int, starts: list[datetime], unit: str, rollup_class, total_class, *, per_user: bool
-) -> None:
-    """Every row of these buckets (`unit` "hour" or "day") in one statement: the events are grouped
-    once per (team, latency bucket) and grouping sets (per query type, per team, and per user if
-    asked), then each group's buckets become its sketch. Money columns hold integers, so their
-    sums are exact."""
+_EVENT_SUMS = """count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(output_tokens) AS output_tokens,
+    sum(cached_tokens) AS cached_tokens, sum(total_tokens) AS total_tokens, sum(cost) AS cost,
+    count(*) FILTER (WHERE is_error) AS errors, count(*) FILTER (WHERE cache_hit) AS cache_hits,
+    count(*) FILTER (WHERE NOT is_priced) AS unpriced, sum(latency_ms) AS latency_sum_ms,
+    coalesce(sum(time_to_first_token_ms), 0) AS ttft_sum_ms, count(time_to_first_token_ms) AS ttft_count"""
+
+
+def _insert_sql(organization_id: int, starts: list[datetime], unit: str, rollup_class, total_class) -> None:
+    """Every row of these buckets (`unit` "hour" or "day") in one statement.
+
+    The events are read once, keeping only the columns the rollup needs; from those: the sums per
+    team and model (and query type, daily), per team and user (daily), and the request counts per
+    latency bucket from which the sketches are built; team totals are summed from both. Grouping
+    sums and buckets separately keeps every grouping narrow, which makes it several times cheaper
+    than one grouping of everything. Money columns hold integers, so their sums are exact.
+    """
     events, rollups, team_totals = _table(UsageEvent), _table(rollup_class), _table(total_class)
-    user_set = "(e.model, e.user_id), " if per_user else ""
-    user = "e.user_id" if per_user else "NULL::varchar"
-    # Without per-user rows user_id is no grouping column: the same codes, from the two that are.
-    grain = (
-        "GROUPING(e.model, e.user_id, e.query_type)"
-        if per_user
-        else f"CASE GROUPING(e.model, e.query_type) WHEN 0 THEN {_PER_QUERY_TYPE} ELSE {_PER_TEAM} END"
-    )
-    step = HOUR if unit == "hour" else DAY
-    sums = (
-        "sum(requests), sum(prompt_tokens), sum(output_tokens), sum(cached_tokens), sum(total_tokens), sum(cost), "
-        "sum(errors), sum(cache_hits), sum(unpriced), sum(latency_sum_ms), coalesce(sum(ttft_sum_ms), 0), "
-        "sum(ttft_count), jsonb_object_agg(bucket, requests)"
+    daily = unit == "day"
+    step = DAY if daily else HOUR
+    # Hourly rows keep no query type; daily ones do, and daily buckets also get per-user rows.
+    keys = ", ".join(("model", "query_type") if daily else ("model",))
+    # The buckets as time ranges (a backlog's chunk is usually one): an index range scan each, and
+    # no per-event test against a list of buckets.
+    spans = bucket_ranges(starts, step)
+    where = "e.organization_id = %(org)s AND (" + " OR ".join(
+        f"""(e."timestamp" >= %(from{i})s AND e."timestamp" < %(to{i})s)""" for i in range(len(spans))
+    ) + ")"
+    sum_columns = ", ".join(SUM_FIELDS)
+    users = (
+        f"""
+        users AS (
+            INSERT INTO {rollups} ({_KEY_COLUMNS}, {_ROW_COLUMNS})
+            SELECT organization_id, start, team_id, '', user_id, '', false, {_EVENT_SUMS}, '{{}}'::jsonb
+            FROM ev GROUP BY organization_id, start, team_id, user_id
+        ),"""  # noqa: S608 -- table names come from the models
+        if daily
+        else ""
     )
     sql = f"""
-        WITH groups AS MATERIALIZED (
-            SELECT e.organization_id, date_trunc('{unit}', e."timestamp", 'UTC') AS start, e.team_id,
-                   e.model, {user} AS user_id, e.query_type,
-                   CASE WHEN e.latency_ms <= 0 THEN %s ELSE CEIL(LN(e.latency_ms) / %s)::integer END AS bucket,
-                   {grain} AS grain,
-                   count(*) AS requests, sum(e.prompt_tokens) AS prompt_tokens,
-                   sum(e.output_tokens) AS output_tokens, sum(e.cached_tokens) AS cached_tokens,
-                   sum(e.total_tokens) AS total_tokens, sum(e.cost) AS cost,
-                   count(*) FILTER (WHERE e.status = %s) AS errors,
-                   count(*) FILTER (WHERE e.cache_hit) AS cache_hits,
-                   count(*) FILTER (WHERE NOT e.is_priced) AS unpriced,
-                   sum(e.latency_ms) AS latency_sum_ms, sum(e.time_to_first_token_ms) AS ttft_sum_ms,
-                   count(e.time_to_first_token_ms) AS ttft_count
-            FROM {events} e
-            WHERE e.organization_id = %s AND e."timestamp" >= %s AND e."timestamp" < %s
-              AND date_trunc('{unit}', e."timestamp", 'UTC') = ANY(%s)
-            GROUP BY 1, 2, 3, 7, GROUPING SETS ({user_set}(e.model, e.query_type), ())
+        WITH ev AS MATERIALIZED (
+            SELECT e.organization_id, date_trunc('{unit}', e."timestamp", 'UTC') AS start, e.team_id, e.model,
+                   {"e.query_type, e.user_id," if daily else ""}
+                   CASE WHEN e.latency_ms <= 0 THEN %(zero)s ELSE CEIL(LN(e.latency_ms) / %(gamma)s)::integer END
+                       AS bucket,
+                   e.prompt_tokens, e.output_tokens, e.cached_tokens, e.total_tokens, e.cost,
+                   e.status = %(error)s AS is_error, e.cache_hit, e.is_priced, e.latency_ms, e.time_to_first_token_ms
+            FROM {events} e WHERE {where}
         ),
+        sums AS MATERIALIZED (
+            SELECT organization_id, start, team_id, {keys}, {_EVENT_SUMS}
+            FROM ev GROUP BY organization_id, start, team_id, {keys}
+        ),
+        counts AS MATERIALIZED (
+            SELECT start, team_id, {keys}, bucket, count(*) AS requests
+            FROM ev GROUP BY start, team_id, {keys}, bucket
+        ),
+        sketches AS (
+            SELECT start, team_id, {keys}, jsonb_object_agg(bucket, requests) AS sketch
+            FROM counts GROUP BY start, team_id, {keys}
+        ),
+        team_sketches AS (
+            SELECT start, team_id, jsonb_object_agg(bucket, requests) AS sketch
+            FROM (SELECT start, team_id, bucket, sum(requests) AS requests FROM counts GROUP BY 1, 2, 3) AS b
+            GROUP BY start, team_id
+        ),{users}
         teams AS (
             INSERT INTO {team_totals} (organization_id, start, team_id, {_ROW_COLUMNS})
-            SELECT organization_id, start, team_id, {sums}
-            FROM groups WHERE grain = {_PER_TEAM} GROUP BY organization_id, start, team_id
+            SELECT organization_id, start, team_id, {sum_columns}, sketch
+            FROM (
+                SELECT organization_id, start, team_id, {", ".join(f"sum({f}) AS {f}" for f in SUM_FIELDS)}
+                FROM sums GROUP BY 1, 2, 3
+            ) AS s JOIN team_sketches USING (start, team_id)
         )
-        INSERT INTO {rollups}
-            (organization_id, start, team_id, model, user_id, query_type, is_team_total, {_ROW_COLUMNS})
-        SELECT organization_id, start, team_id, model, coalesce(user_id, ''), coalesce(query_type, ''),
-               grain = {_PER_QUERY_TYPE}, {sums}
-        FROM groups WHERE grain IN ({_PER_USER}, {_PER_QUERY_TYPE})
-        GROUP BY organization_id, start, team_id, model, user_id, query_type, grain
-    """  # noqa: S608 -- table names come from the models
-    params: list[Any] = [
-        sketch.ZERO_BUCKET,
-        sketch.LN_GAMMA,
-        UsageEvent.Status.ERROR.value,
-        organization_id,
-        min(starts),
-        max(starts) + step,
-        list(starts),
-    ]
+        INSERT INTO {rollups} ({_KEY_COLUMNS}, {_ROW_COLUMNS})
+        SELECT organization_id, start, team_id, model, '', {"query_type" if daily else "''"}, true,
+               {sum_columns}, sketch
+        FROM sums JOIN sketches USING (start, team_id, {keys})
+    """  # noqa: S608 -- table and column names come from the models
+    params: dict[str, Any] = {
+        "zero": sketch.ZERO_BUCKET,
+        "gamma": sketch.LN_GAMMA,
+        "error": UsageEvent.Status.ERROR.value,
+        "org": organization_id,
+        **{f"from{i}": span[0] for i, span in enumerate(spans)},
+        **{f"to{i}": span[1] for i, span in enumerate(spans)},
+    }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
@@ -380,11 +416,11 @@ def days_rollup_refresh(*, organization_id: int, days: list[datetime]) -> int:
             DailyRollup.objects.filter(organization_id=organization_id, start__in=recompute).delete()
             DailyTeamTotal.objects.filter(organization_id=organization_id, start__in=recompute).delete()
             if connection.vendor == "postgresql":
-                _insert_sql(organization_id, recompute, "day", DailyRollup, DailyTeamTotal, per_user=True)
+                _insert_sql(organization_id, recompute, "day", DailyRollup, DailyTeamTotal)
             else:
                 for day in recompute:
                     groups = _event_groups(organization_id, day, day + DAY)
-                    rows = _build_rows(DailyRollup, organization_id, day, groups, per_user=True)
+                    rows = _build_rows(DailyRollup, organization_id, day, groups, daily=True)
                     DailyRollup.objects.bulk_create(rows, batch_size=1000)
                     DailyTeamTotal.objects.bulk_create(_team_totals(DailyTeamTotal, rows), batch_size=1000)
         _clear_marks(DirtyDay, "day", organization_id, seen)
@@ -402,9 +438,10 @@ class RefreshResult:
 # back-to-back rollup transactions would starve ingest, so the rollup leaves gaps between them.
 SQLITE_WRITER_GAP_SECONDS = 0.05
 # Buckets per transaction on PostgreSQL: large enough that a backlog costs a few statements per
-# day of events, small enough that a transaction stays well under a second at 10 M events.
+# week of events, small enough that a transaction stays around a second at 10 M events (longer
+# chunks also cost more per event: the planner then misjudges the groupings' size).
 HOURS_PER_CHUNK = 48
-DAYS_PER_CHUNK = 31
+DAYS_PER_CHUNK = 7
 
 
 def _yield_to_other_writers() -> None:

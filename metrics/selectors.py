@@ -10,7 +10,6 @@ rollup rows whatever the event count, and its totals always equal a sum over raw
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,7 +35,7 @@ from .models import (
     HourlyTeamTotal,
     UsageEvent,
 )
-from .rollups import DAY, HOUR, SUM_FIELDS, day_of, hour_of
+from .rollups import DAY, HOUR, SUM_FIELDS, bucket_ranges, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
 
@@ -59,17 +58,6 @@ class EventFilter:
 def _ceil(moment: datetime, floor, step: timedelta) -> datetime:
     floored = floor(moment)
     return floored if floored == moment else floored + step
-
-
-def _ranges(moments: Iterable[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
-    """Consecutive bucket starts merged into [start, end) ranges."""
-    ranges: list[list[datetime]] = []
-    for moment in sorted(moments):
-        if ranges and ranges[-1][1] == moment:
-            ranges[-1][1] = moment + step
-        else:
-            ranges.append([moment, moment + step])
-    return [(a, b) for a, b in ranges]
 
 
 @dataclass
@@ -116,9 +104,9 @@ def plan_sources(*, organization_id: int, start: datetime, end: datetime) -> Sou
         if hour not in dirty_hours:
             hours.append(hour)
         hour += HOUR
-    plan.days = _ranges(clean_days, DAY)
-    plan.hours = _ranges(hours, HOUR)
-    plan.raw += _ranges(dirty_hours, HOUR)
+    plan.days = bucket_ranges(clean_days, DAY)
+    plan.hours = bucket_ranges(hours, HOUR)
+    plan.raw += bucket_ranges(dirty_hours, HOUR)
     return plan
 
 
@@ -132,8 +120,8 @@ def _within(ranges: list[tuple[datetime, datetime]], column: str) -> Q | None:
 class _Sources:
     """The querysets for one scope, range and filter set.
 
-    `daily` and `hourly` are `Rollup` rows (per team, model and query type; per user when the
-    question is about users); `totals` are the same buckets' `TeamTotal` rows (one per team and
+    `daily` and `hourly` are `Rollup` rows (team-total rows; per-user rows when the question is
+    about users); `totals` are the same buckets' `TeamTotal` rows (one per team and
     bucket), set when no model or user filter applies: every figure that is not broken down by
     model or user reads those.
     """
@@ -193,15 +181,26 @@ def _about_users(filters: EventFilter, per_user: bool) -> bool:
 
 
 def _sources(
-    scope: AccessScope, filters: EventFilter, *, per_user: bool = False, plan: SourcePlan | None = None
+    scope: AccessScope,
+    filters: EventFilter,
+    *,
+    per_user: bool = False,
+    by_model: bool = False,
+    plan: SourcePlan | None = None,
 ) -> _Sources:
+    """The sources of a question: `per_user` if it is broken down by user, `by_model` if by model
+    or latency (a question about users that is also about models or latency reads raw events:
+    per-user rows keep neither)."""
     if plan is None:
         plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
-    raw_ranges, hour_ranges = plan.raw, plan.hours
+    raw_ranges, hour_ranges, day_ranges = plan.raw, plan.hours, plan.days
     if _about_users(filters, per_user):
         # Per-user rows live in daily rollups only: the other whole hours are read from raw events.
         raw_ranges, hour_ranges = _ranges_merged(plan.raw + plan.hours), []
-    days, hours, raw = _within(plan.days, "start"), _within(hour_ranges, "start"), _within(raw_ranges, "timestamp")
+        if by_model or filters.model:
+            raw_ranges, day_ranges = _ranges_merged(raw_ranges + plan.days), []
+    days, hours = _within(day_ranges, "start"), _within(hour_ranges, "start")
+    raw = _within(raw_ranges, "timestamp")
 
     def source(queryset: QuerySet, within: Q | None, *, rollup: bool, team_totals: bool = False) -> QuerySet | None:
         if within is None:
@@ -385,7 +384,7 @@ def _latency_sketch(sources: _Sources) -> dict[int, int]:
 
 def dashboard_metrics(*, scope: AccessScope, filters: EventFilter) -> dict:
     """The seed's dashboard shape, plus latency percentiles, for one scope and range."""
-    sources = _sources(scope, filters)
+    sources = _sources(scope, filters, by_model=True)
     models = _by_model(sources)
     totals: dict = {}
     for row in models.values():
@@ -484,7 +483,9 @@ def usage_by(
     One grouped query per source (daily rows, hourly rows, raw tail), never one per group. Grouping
     by user reads the per-user rollup rows; `user_ids` narrows the answer to those users.
     """
-    sources = _sources(scope, filters, per_user="user_id" in fields or user_ids is not None)
+    sources = _sources(
+        scope, filters, per_user="user_id" in fields or user_ids is not None, by_model="model" in fields
+    )
     rollups = sources.rollups if "model" in fields else sources.totals
     parts: list[tuple[QuerySet, Aggregate]] = [(queryset, Sum("requests")) for queryset in rollups]
     if sources.raw is not None:
@@ -616,29 +617,38 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
     filters = with_team(scope, filters)
     granularity = granularity_for(filters)
     plan = plan_sources(organization_id=scope.organization.pk, start=filters.start, end=filters.end)
-    sources = _sources(scope, filters, plan=plan)
+    sources = _sources(scope, filters, by_model=True, plan=plan)
 
-    # 1. (team, model, query type) groups: team-total rollup rows carry the query type; per-user
-    #    rows (used when a user filter is set) do not, so query types are then unknown.
-    per_user_rows = filters.user_id is not None
+    # 1. (team, model, query type) groups. Hourly rows keep no query type (None here): the query
+    #    types of their hours are read from those hours' raw events, for that panel alone.
     groups: dict[tuple, dict] = {}
     keys = ("team_id", "model", "query_type")
-    for queryset in sources.rollups:
-        for row in queryset.values(*keys).annotate(**_ROLLUP_PANEL_SUMS).order_by():
-            _accumulate(groups.setdefault(tuple(row[k] for k in keys), _zero()), row)
+    grouped: list[tuple[QuerySet, tuple[str, ...], dict]] = []
+    if sources.daily is not None:
+        grouped.append((sources.daily, keys, _ROLLUP_PANEL_SUMS))
+    if sources.hourly is not None:
+        grouped.append((sources.hourly, keys[:2], _ROLLUP_PANEL_SUMS))
     if sources.raw is not None:
-        for row in sources.raw.values(*keys).annotate(**_RAW_PANEL_SUMS).order_by():
-            key = (row["team_id"], row["model"], "" if per_user_rows else row["query_type"])
-            _accumulate(groups.setdefault(key, _zero()), row)
+        grouped.append((sources.raw, keys, _RAW_PANEL_SUMS))
+    for queryset, grouped_by, sums in grouped:
+        for row in queryset.values(*grouped_by).annotate(**sums).order_by():
+            _accumulate(groups.setdefault(tuple(row.get(k) for k in keys), _zero()), row)
+    query_types: dict[str, dict] = {}
+    if sources.hourly is not None:
+        hours_raw = _filtered(
+            scope, UsageEvent.objects.filter(_within(plan.hours, "timestamp")), filters, rollup=False
+        )
+        for row in hours_raw.values("query_type").annotate(**_RAW_PANEL_SUMS).order_by():
+            _accumulate(query_types.setdefault(row["query_type"], _zero()), row)
     totals = _zero()
     models: dict[str, dict] = {}
     teams: dict[int, dict] = {}
-    query_types: dict[str, dict] = {}
     for (team_id, model, query_type), sums in groups.items():
         _accumulate(totals, sums)
         _accumulate(models.setdefault(model, _zero()), sums)
         _accumulate(teams.setdefault(team_id, _zero()), sums)
-        _accumulate(query_types.setdefault(query_type, _zero()), sums)
+        if query_type is not None:
+            _accumulate(query_types.setdefault(query_type, _zero()), sums)
 
     # 2. The time series. Hourly charts read hourly rows for whole clean days too (they are kept).
     floor = hour_of if granularity == "hour" else day_of
@@ -686,7 +696,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
         "kpis": kpi_figures(totals),
         "models": costliest(models),
         "teams": costliest(teams),
-        "query_types": None if per_user_rows else costliest(query_types),
+        "query_types": costliest(query_types),
         "users": costliest(users),
         "series": [
             {

@@ -418,9 +418,7 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
                     for point in cache_series
                 ],
             },
-            "query_types": None
-            if query_types is None
-            else {
+            "query_types": {
                 "labels": [name or "(none)" for name in query_types],
                 "cost": [_money_float(sums["cost"]) for sums in query_types.values()],
             },

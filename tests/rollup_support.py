@@ -233,10 +233,11 @@ def _empty() -> dict:
             "latency_sketch": defaultdict(int)}
 
 
-def expected_rollups(bucket_of, organization_ids=None, *, per_user: bool = True) -> dict[tuple, dict]:
+def expected_rollups(bucket_of, organization_ids=None, *, daily: bool = True) -> dict[tuple, dict]:
     """(org, start, team, model, user_id, query_type, is_team_total) -> sums, per bucket (hour or day).
 
-    Per-user rows (daily only) have query_type ""; team-total rows (user_id "") are kept per query type.
+    Team-total rows (user_id "") are kept per model, and daily also per query type; per-user rows
+    (daily only) per team and user, with model and query type "" and no latency sketch.
     """
     rows: dict[tuple, dict] = defaultdict(_empty)
     events = UsageEvent.objects.values(*EVENT_FIELDS)
@@ -244,9 +245,9 @@ def expected_rollups(bucket_of, organization_ids=None, *, per_user: bool = True)
         events = events.filter(organization_id__in=organization_ids)
     for e in events:
         start = bucket_of(e["timestamp"])
-        keys = [(e["organization_id"], start, e["team_id"], e["model"], "", e["query_type"], True)]
-        if per_user:
-            keys.append((e["organization_id"], start, e["team_id"], e["model"], e["user_id"], "", False))
+        keys = [(e["organization_id"], start, e["team_id"], e["model"], "", e["query_type"] if daily else "", True)]
+        if daily:
+            keys.append((e["organization_id"], start, e["team_id"], "", e["user_id"], "", False))
         for key in keys:
             r = rows[key]
             r["requests"] += 1
@@ -260,7 +261,8 @@ def expected_rollups(bucket_of, organization_ids=None, *, per_user: bool = True)
             if e["time_to_first_token_ms"] is not None:
                 r["ttft_sum_ms"] += e["time_to_first_token_ms"]
                 r["ttft_count"] += 1
-            r["latency_sketch"][sketch.bucket_of(e["latency_ms"])] += 1
+            if key[-1]:  # per-user rows keep no sketch
+                r["latency_sketch"][sketch.bucket_of(e["latency_ms"])] += 1
     return dict(rows)
 
 
@@ -320,12 +322,10 @@ def rollup_table(model_class, organization_ids=None) -> tuple[dict[tuple, dict],
 
 
 def assert_rollups_equal_raw(organization_ids=None) -> None:
-    """Hourly and daily rows equal the raw sums per bucket, team, model and user: nothing lost, nothing twice.
-
-    Per-user rows exist in daily rollups only."""
+    """Hourly and daily rows equal the raw sums per bucket and grain: nothing lost, nothing twice."""
     for model_class, bucket_of in ((HourlyRollup, hour_of), (DailyRollup, day_of)):
         name = model_class.__name__
-        want = expected_rollups(bucket_of, organization_ids, per_user=model_class is DailyRollup)
+        want = expected_rollups(bucket_of, organization_ids, daily=model_class is DailyRollup)
         got, count = rollup_table(model_class, organization_ids)
         assert count == len(got), f"{name}: {count - len(got)} duplicate rows"
         missing = sorted(set(want) - set(got), key=str)[:5]

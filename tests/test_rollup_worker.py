@@ -113,7 +113,7 @@ def assert_unmarked_buckets_equal_raw() -> None:
     # A day is stale while it is marked, or while any of its hours is (the hour marks its day when rolled up).
     dirty_days = set(DirtyDay.objects.values_list("organization_id", "day")) | {(o, day_of(h)) for o, h in dirty_hours}
     for model_class, bucket_of, dirty in ((HourlyRollup, hour_of, dirty_hours), (DailyRollup, day_of, dirty_days)):
-        expected = expected_rollups(bucket_of, per_user=model_class is DailyRollup)
+        expected = expected_rollups(bucket_of, daily=model_class is DailyRollup)
         want = {k: v for k, v in expected.items() if (k[0], k[1]) not in dirty}
         got, count = rollup_table(model_class)
         assert count == len(got), f"{model_class.__name__}: duplicate rows"

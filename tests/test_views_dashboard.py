@@ -247,12 +247,18 @@ def test_it_charts_spend_by_query_type(world, data):
     )
 
 
-def test_it_explains_that_query_types_need_team_totals(world, data):
+def test_it_charts_one_users_spend_by_query_type(world, data):
     body = get_json(client_for(world.owner), user="alice")
-    page = client_for(world.owner).get(DASHBOARD, {"user": "alice"}).content.decode()
+    want: dict[str, Decimal] = {}
+    for e in raw(world):
+        if e.user_id == "alice":
+            want[e.query_type or "(none)"] = want.get(e.query_type or "(none)", Decimal(0)) + e.cost
 
-    assert body["charts"]["query_types"] is None
-    assert "clear the user filter" in page
+    chart = body["charts"]["query_types"]
+    assert want
+    assert dict(zip(chart["labels"], chart["cost"], strict=True)) == pytest.approx(
+        {name: float(cost) for name, cost in want.items()}
+    )
 
 
 def test_it_lists_spend_by_team_and_user(world, data):
@@ -406,12 +412,20 @@ def test_it_reads_rollups_for_a_30_day_view(world):
 
 
 def test_it_equals_raw_sums_once_the_hours_are_rolled_up(world, data):
-    before = get_json(client_for(world.owner), range="7d")
+    views = ({}, {"user": "alice"}, {"user": "alice", "model": "test-model"}, {"model": "test-model"})
+    before = [get_json(client_for(world.owner), range="7d", **params) for params in views]
     dirty_rollups_refresh()
-    after = get_json(client_for(world.owner), range="7d")
+    after = [get_json(client_for(world.owner), range="7d", **params) for params in views]
 
-    assert kpi_values(after) == kpi_values(before) == totals(raw(world, since=timedelta(days=7)))
-    assert after["charts"]["trend"]["requests"] == before["charts"]["trend"]["requests"]
+    assert kpi_values(after[0]) == kpi_values(before[0]) == totals(raw(world, since=timedelta(days=7)))
+    assert kpi_values(after[1]) == totals(raw(world, since=timedelta(days=7), user_id="alice"))
+    # Hourly rows keep no query type and per-user rows no models or latencies: every split stays
+    # exact anyway, with or without a user filter.
+    for got, want in zip(after, before, strict=True):
+        assert got["kpis"] == want["kpis"]
+        for chart in ("trend", "query_types", "model_share", "tokens_by_model", "latency_histogram", "percentiles"):
+            assert got["charts"][chart] == want["charts"][chart], chart
+        assert got["tables"]["users"] == want["tables"]["users"]
 
 
 def many_events(count: int) -> list[dict]:

@@ -204,7 +204,6 @@
       };
     },
     "chart-query-types": function (c) {
-      if (!c.query_types) return null;
       return {
         type: "bar",
         data: { labels: c.query_types.labels, datasets: [{ label: "Cost", data: c.query_types.cost, backgroundColor: PALETTE[3] }] },
