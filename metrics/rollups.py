@@ -440,7 +440,7 @@ SQLITE_WRITER_GAP_SECONDS = 0.05
 # Buckets per transaction on PostgreSQL: large enough that a backlog costs a few statements per
 # week of events, small enough that a transaction stays around a second at 10 M events (longer
 # chunks also cost more per event: the planner then misjudges the groupings' size).
-HOURS_PER_CHUNK = 48
+HOURS_PER_CHUNK = 168
 DAYS_PER_CHUNK = 7
 
 
