@@ -168,9 +168,10 @@ class Rollup(RollupSums):
 
     - Team-total rows (`is_team_total`), summing all users: hourly per team and model, daily per
       team, model and query type. Organization, team and model views read these.
-    - Per-user rows (daily only): per team and user, sums only (`model` and `query_type` empty, no
-      latency sketch). Users tables, top users and user budgets read these; a view broken down by
-      model or latency for one user reads that user's raw events.
+    - Per-user rows (daily only): per team and user, sums (`model` and `query_type` empty, no
+      latency sketch) and each model's share in `by_model`. Users tables (filtered by model or
+      not), top users and user budgets read these; a view of one user broken down by model or
+      latency reads that user's raw events.
 
     Coarse grains keep the rollup to a few rows per hundred events.
     """
@@ -189,6 +190,9 @@ class Rollup(RollupSums):
     model = models.CharField(max_length=200, blank=True)
     user_id = models.CharField(max_length=255, blank=True)
     query_type = models.CharField(max_length=100, blank=True, help_text="Set on daily team-total rows only.")
+    by_model = models.JSONField(
+        default=dict, blank=True, help_text="Per-user rows: {model: [requests, total tokens, cost in 1e-10 USD]}."
+    )
     is_team_total = models.BooleanField(default=False)
     start = models.DateTimeField()
 

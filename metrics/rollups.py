@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 
+from billing.money import to_units
 from teams.models import Organization
 
 from . import sketch
@@ -143,28 +144,35 @@ def _fast_commit() -> None:
 
 
 class _Totals:
-    __slots__ = ("latency", "sums")
+    __slots__ = ("by_model", "latency", "sums")
 
     def __init__(self):
         self.sums: dict[str, Any] = dict.fromkeys(SUM_FIELDS, 0)
         self.sums["cost"] = Decimal(0)
         self.latency: dict[int, int] = {}
+        self.by_model: dict[str, list[int]] = {}
 
-    def add(self, values: dict, latency: dict[int, int]) -> None:
+    def add(self, values: dict, latency: dict[int, int], model: str | None = None) -> None:
         for name in SUM_FIELDS:
             self.sums[name] += values[name] or 0
         for index, count in latency.items():
             self.latency[index] = self.latency.get(index, 0) + count
+        if model is not None:
+            share = self.by_model.setdefault(model, [0, 0, 0])
+            share[0] += values["requests"]
+            share[1] += values["total_tokens"] or 0
+            share[2] += to_units(values["cost"] or 0)
 
     def row(self, model_class, **keys) -> Rollup:
-        return model_class(**keys, **self.sums, latency_sketch=sketch.as_json(self.latency))
+        extra = {"by_model": self.by_model} if self.by_model else {}
+        return model_class(**keys, **self.sums, latency_sketch=sketch.as_json(self.latency), **extra)
 
 
 def _build_rows(
     model_class, organization_id: int, start: datetime, groups: Iterable[tuple[tuple, dict, dict]], *, daily: bool
 ):
     """Team-total rows per (team, model), daily per (team, model, query type); daily also per-user
-    rows per (team, user), sums only (see `Rollup`).
+    rows per (team, user), with sums and each model's share but no sketch (see `Rollup`).
 
     `groups` yields ((team_id, model, user_id, query_type), sums, latency counts).
     """
@@ -172,7 +180,7 @@ def _build_rows(
     per_team: dict[tuple, _Totals] = {}
     for (team_id, model, user_id, query_type), values, latency in groups:
         if daily:
-            users.setdefault((team_id, user_id), _Totals()).add(values, {})
+            users.setdefault((team_id, user_id), _Totals()).add(values, {}, model)
         per_team.setdefault((team_id, model, query_type if daily else ""), _Totals()).add(values, latency)
     common = {"organization_id": organization_id, "start": start}
     rows = [
@@ -332,10 +340,23 @@ def _insert_sql(organization_id: int, starts: list[datetime], unit: str, rollup_
     sum_columns = ", ".join(SUM_FIELDS)
     users = (
         f"""
+        user_models AS (
+            SELECT organization_id, start, team_id, user_id,
+                   jsonb_object_agg(model, jsonb_build_array(requests, total_tokens, cost)) AS by_model
+            FROM (
+                SELECT organization_id, start, team_id, user_id, model, count(*) AS requests,
+                       sum(total_tokens) AS total_tokens, sum(cost) AS cost
+                FROM ev GROUP BY 1, 2, 3, 4, 5
+            ) AS m
+            GROUP BY 1, 2, 3, 4
+        ),
         users AS (
-            INSERT INTO {rollups} ({_KEY_COLUMNS}, {_ROW_COLUMNS})
-            SELECT organization_id, start, team_id, '', user_id, '', false, {_EVENT_SUMS}, '{{}}'::jsonb
-            FROM ev GROUP BY organization_id, start, team_id, user_id
+            INSERT INTO {rollups} ({_KEY_COLUMNS}, {_ROW_COLUMNS}, by_model)
+            SELECT organization_id, start, team_id, '', user_id, '', false, {sum_columns}, '{{}}'::jsonb, by_model
+            FROM (
+                SELECT organization_id, start, team_id, user_id, {_EVENT_SUMS}
+                FROM ev GROUP BY organization_id, start, team_id, user_id
+            ) AS u JOIN user_models USING (organization_id, start, team_id, user_id)
         ),"""  # noqa: S608 -- table names come from the models
         if daily
         else ""
@@ -375,9 +396,9 @@ def _insert_sql(organization_id: int, starts: list[datetime], unit: str, rollup_
                 FROM sums GROUP BY 1, 2, 3
             ) AS s JOIN team_sketches USING (start, team_id)
         )
-        INSERT INTO {rollups} ({_KEY_COLUMNS}, {_ROW_COLUMNS})
+        INSERT INTO {rollups} ({_KEY_COLUMNS}, {_ROW_COLUMNS}, by_model)
         SELECT organization_id, start, team_id, model, '', {"query_type" if daily else "''"}, true,
-               {sum_columns}, sketch
+               {sum_columns}, sketch, '{{}}'::jsonb
         FROM sums JOIN sketches USING (start, team_id, {keys})
     """  # noqa: S608 -- table and column names come from the models
     params: dict[str, Any] = {

@@ -10,17 +10,20 @@ rollup rows whatever the event count, and its totals always equal a sum over raw
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import reduce
 from operator import or_
+from typing import Any
 
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
+from billing.money import from_units
 from teams.access import AccessScope
 
 from . import sketch
@@ -365,6 +368,43 @@ def _merged_sketches(queryset: QuerySet, sql: str, params, *, by_start: bool) ->
     return merged
 
 
+def _user_model_shares(queryset: QuerySet, model_names: list[str]) -> list[dict]:
+    """Requests, tokens and cost per user of these models, summed from per-user rows' `by_model`
+    inside the database."""
+    if not model_names:
+        return []
+    sql, params = queryset.values("user_id", "by_model").query.sql_with_params()
+    match_params: list[Any]
+    if connection.vendor == "postgresql":
+        share, each = "(m.value->>{})::bigint", "CROSS JOIN LATERAL jsonb_each(s.by_model) AS m"
+        match, match_params = "m.key = ANY(%s)", [model_names]  # one array parameter
+    elif connection.vendor == "sqlite":
+        share, each = "json_extract(m.value, '$[{}]')", ", json_each(s.by_model) AS m"
+        match, match_params = f"m.key IN ({', '.join(['%s'] * len(model_names))})", model_names
+    else:  # pragma: no cover - other databases sum in Python
+        totals: dict[str, list[int]] = {}
+        for row in queryset.values("user_id", "by_model"):
+            for model, values in row["by_model"].items():
+                if model in model_names:
+                    into = totals.setdefault(row["user_id"], [0, 0, 0])
+                    for i, value in enumerate(values):
+                        into[i] += value
+        return [
+            {"user_id": user, "requests": n, "total_tokens": tokens, "cost": from_units(cost)}
+            for user, (n, tokens, cost) in totals.items()
+        ]
+    shares_sql = (
+        f"SELECT s.user_id, SUM({share.format(0)}), SUM({share.format(1)}), SUM({share.format(2)}) "  # noqa: S608
+        f"FROM ({sql}) AS s {each} WHERE {match} GROUP BY 1"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(shares_sql, [*params, *match_params])
+        return [
+            {"user_id": user, "requests": int(n), "total_tokens": int(tokens), "cost": from_units(cost)}
+            for user, n, tokens, cost in cursor.fetchall()
+        ]
+
+
 def _as_utc(value) -> datetime:
     """A datetime read through a raw cursor (SQLite hands back text) as an aware UTC datetime."""
     if isinstance(value, str):
@@ -671,16 +711,24 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
             part[row["bucket"]] = part.get(row["bucket"], 0) + row["n"]
     merged = sketch.merge(sketches.values())
 
-    # 3. Who spends: users from the per-user rows (the same plan, so no second look at dirty marks).
+    # 3. Who spends: users from the per-user rows (the same plan, so no second look at dirty marks);
+    #    with a model filter, those rows' shares of the models it matched (the models above).
     #    Only what the users table shows is summed: these are the most numerous rows the page reads.
-    users: dict[str, dict] = {}
-    user_sources = _sources(scope, filters, per_user=True, plan=plan)
+    user_sources = _sources(scope, replace(filters, model=None), per_user=True, plan=plan)
     user_sums: dict[str, Aggregate] = {name: Sum(name) for name in _USER_PANEL_FIELDS}
-    parts = [(queryset, user_sums) for queryset in user_sources.rollups]
+    user_rows: list[Iterable[dict]] = [
+        _user_model_shares(queryset, list(models))
+        if filters.model
+        else queryset.values("user_id").annotate(**user_sums).order_by()
+        for queryset in user_sources.rollups
+    ]
     if user_sources.raw is not None:
-        parts.append((user_sources.raw, {name: _RAW_PANEL_SUMS[name] for name in _USER_PANEL_FIELDS}))
-    for queryset, sums in parts:
-        for row in queryset.values("user_id").annotate(**sums).order_by():
+        raw_users = user_sources.raw.filter(model__icontains=filters.model) if filters.model else user_sources.raw
+        raw_sums = {name: _RAW_PANEL_SUMS[name] for name in _USER_PANEL_FIELDS}
+        user_rows.append(raw_users.values("user_id").annotate(**raw_sums).order_by())
+    users: dict[str, dict] = {}
+    for rows in user_rows:
+        for row in rows:
             entry = users.setdefault(row["user_id"], {"requests": 0, "total_tokens": 0, "cost": Decimal(0)})
             for name in _USER_PANEL_FIELDS:
                 entry[name] += row[name] or 0

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
 
+from billing.money import to_units
 from metrics import sketch
 from metrics.models import DailyRollup, DailyTeamTotal, DirtyDay, DirtyHour, HourlyRollup, HourlyTeamTotal, UsageEvent
 from tests.conftest import api
@@ -230,7 +231,7 @@ def assert_percentiles_close(body: dict, exact: dict, *, label: str = "") -> Non
 
 def _empty() -> dict:
     return {**dict.fromkeys(INT_FIELDS, 0), "cost": Decimal(0), "latency_sum_ms": 0.0, "ttft_sum_ms": 0.0,
-            "latency_sketch": defaultdict(int)}
+            "latency_sketch": defaultdict(int), "by_model": {}}
 
 
 def expected_rollups(bucket_of, organization_ids=None, *, daily: bool = True) -> dict[tuple, dict]:
@@ -261,8 +262,13 @@ def expected_rollups(bucket_of, organization_ids=None, *, daily: bool = True) ->
             if e["time_to_first_token_ms"] is not None:
                 r["ttft_sum_ms"] += e["time_to_first_token_ms"]
                 r["ttft_count"] += 1
-            if key[-1]:  # per-user rows keep no sketch
+            if key[-1]:  # per-user rows keep no sketch, but each model's share
                 r["latency_sketch"][sketch.bucket_of(e["latency_ms"])] += 1
+            else:
+                share = r["by_model"].setdefault(e["model"], [0, 0, 0])
+                share[0] += 1
+                share[1] += e["total_tokens"]
+                share[2] += to_units(e["cost"])
     return dict(rows)
 
 
@@ -276,6 +282,8 @@ def expected_team_totals(bucket_of, organization_ids=None) -> dict[tuple, dict]:
             continue
         into = totals[(org, start, team)]
         for name, value in sums.items():
+            if name == "by_model":
+                continue
             if name == "latency_sketch":
                 for index, count in value.items():
                     into[name][index] += count
@@ -340,6 +348,7 @@ def assert_rollups_equal_raw(organization_ids=None) -> None:
                 assert math.isclose(g[field], w[field], rel_tol=1e-9, abs_tol=1e-6), f"{name} {key}: {field}"
             got_sketch = {int(k): v for k, v in g["latency_sketch"].items()}
             assert got_sketch == dict(w["latency_sketch"]), f"{name} {key}: latency sketch"
+            assert g["by_model"] == w["by_model"], f"{name} {key}: shares by model"
     assert_team_totals_equal_raw(organization_ids)
 
 
