@@ -414,7 +414,7 @@ def _insert_sql(organization_id: int, starts: list[datetime], unit: str, rollup_
 
 
 def day_rollup_refresh(*, organization_id: int, day: datetime) -> bool:
-    """Rebuild one UTC day's rows from its hourly rows."""
+    """Recompute one UTC day from raw events."""
     return days_rollup_refresh(organization_id=organization_id, days=[day]) == 1
 
 
