@@ -32,16 +32,17 @@ class Migration(migrations.Migration):
         ("teams", "0001_initial"),
     ]
 
+    # The new index first: if its build fails, nothing else has changed.
     operations = [
+        AddIndexWithoutBlockingWrites(
+            model_name="usageevent",
+            index=models.Index(fields=["organization", "user_id", "timestamp"], name="event_org_user_time"),
+        ),
         migrations.AlterField(
             model_name="usageevent",
             name="organization",
             field=models.ForeignKey(
                 db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="teams.organization"
             ),
-        ),
-        AddIndexWithoutBlockingWrites(
-            model_name="usageevent",
-            index=models.Index(fields=["organization", "user_id", "timestamp"], name="event_org_user_time"),
         ),
     ]
