@@ -145,9 +145,11 @@ _default_sqlite = f"sqlite:///{VAR_DIR / 'llmcost.sqlite3'}"
 
 def _database_url(raw: str) -> dict:
     scheme = urlsplit(raw).scheme
-    if scheme not in environ.Env.DB_SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; use one of {sorted(environ.Env.DB_SCHEMES)}")
-    return environ.Env.db_url_config(raw)
+    config = environ.Env.db_url_config(raw) if scheme in environ.Env.DB_SCHEMES else {}
+    # The ingest and rollup SQL is written for these two (COPY, ON CONFLICT … RETURNING, JSON functions).
+    if config.get("ENGINE") not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
+        raise ValueError(f"unsupported scheme {scheme!r}; use postgres://… or sqlite:///…")
+    return config
 
 
 DATABASES = {"default": env_url("DATABASE_URL", _database_url, _default_sqlite)}

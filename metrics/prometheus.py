@@ -28,7 +28,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -47,7 +47,7 @@ from llmcost_project.api_errors import error_body
 from teams.models import Organization, Team
 
 from .models import DailyRollup, DirtyHour, HourlyRollup
-from .rollups import DAY, HOUR, day_of, hour_of
+from .rollups import DAY, HOUR, ceil_to, day_of, hour_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +90,10 @@ def rollup_usage_totals() -> list[dict]:
     return [{key: value or 0 for key, value in row.items()} for row in rows]
 
 
-def _ceil(moment: datetime, floor, step: timedelta) -> datetime:
-    """The first boundary at or after `moment` (`floor` is hour_of or day_of)."""
-    start = floor(moment)
-    return start if start == moment else start + step
-
-
 def _window_sources(start: datetime, end: datetime) -> tuple[Q | None, Q | None]:
     """Rollup rows covering [start, end): daily rows for whole UTC days, hourly rows for the rest."""
-    first_hour = _ceil(start, hour_of, HOUR)
-    first_day, last_day = _ceil(first_hour, day_of, DAY), day_of(end)
+    first_hour = ceil_to(start, hour_of, HOUR)
+    first_day, last_day = ceil_to(first_hour, day_of, DAY), day_of(end)
     if first_day >= last_day:
         return None, Q(start__gte=first_hour, start__lt=end)
     daily = Q(start__gte=first_day, start__lt=last_day)

@@ -66,12 +66,25 @@ SUM_FIELDS = (
 )
 
 
+# The rollup tables and bucket length of each unit.
+_GRAINS: dict[str, tuple[Any, Any, timedelta]] = {
+    "hour": (HourlyRollup, HourlyTeamTotal, HOUR),
+    "day": (DailyRollup, DailyTeamTotal, DAY),
+}
+
+
 def hour_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def day_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def ceil_to(moment: datetime, floor, step: timedelta) -> datetime:
+    """The first bucket boundary at or after `moment` (`floor` is hour_of or day_of)."""
+    start = floor(moment)
+    return start if start == moment else start + step
 
 
 def _upsert_marks(model, column: str, organization_id: int, moments: Iterable[datetime]) -> None:
@@ -114,14 +127,10 @@ def _lock_key(*parts) -> int:
     return zlib.crc32(":".join(str(p) for p in parts).encode())
 
 
-def _try_lock(*parts) -> bool:
-    """Keep two workers off the same bucket (PostgreSQL); SQLite already runs writers one at a time."""
-    return bool(_try_locks(kind=parts[0], organization_id=parts[1], moments=[parts[2]]))
-
-
 def _try_locks(*, kind: str, organization_id: int, moments: list) -> list:
     """The buckets (of `moments`, ISO strings or datetimes) this transaction now holds; the others
-    are held by another worker, which will finish them. One round trip for a whole chunk."""
+    are held by another worker, which will finish them. One round trip for a whole chunk. SQLite
+    already runs writers one at a time."""
     if connection.vendor != "postgresql":
         return list(moments)
     keys = [_lock_key(kind, organization_id, m if isinstance(m, str) else m.isoformat()) for m in moments]
@@ -282,24 +291,25 @@ def hours_rollup_refresh(*, organization_id: int, hours: list[datetime]) -> int:
         # left, so a stray mark must not replace them with nothing.
         recompute = [hour for hour in hours if hour not in pruned]
         if recompute:
-            _hours_recompute(organization_id, recompute)
+            _recompute(organization_id, recompute, "hour")
             _mark_days_dirty(organization_id=organization_id, moments=recompute)
         _clear_marks(DirtyHour, "hour", organization_id, seen)
     return len(hours)
 
 
-def _hours_recompute(organization_id: int, hours: list[datetime]) -> None:
-    """Replace the rows of these hours by rows computed from their raw events."""
-    HourlyRollup.objects.filter(organization_id=organization_id, start__in=hours).delete()
-    HourlyTeamTotal.objects.filter(organization_id=organization_id, start__in=hours).delete()
+def _recompute(organization_id: int, starts: list[datetime], unit: str) -> None:
+    """Replace the rows of these buckets (`unit` "hour" or "day") by rows computed from their raw events."""
+    rollup_class, total_class, step = _GRAINS[unit]
+    rollup_class.objects.filter(organization_id=organization_id, start__in=starts).delete()
+    total_class.objects.filter(organization_id=organization_id, start__in=starts).delete()
     if connection.vendor == "postgresql":
-        _insert_sql(organization_id, hours, "hour", HourlyRollup, HourlyTeamTotal)
+        _insert_sql(organization_id, starts, unit)
         return
-    for hour in hours:
-        groups = _event_groups(organization_id, hour, hour + HOUR)
-        rows = _build_rows(HourlyRollup, organization_id, hour, groups, daily=False)
-        HourlyRollup.objects.bulk_create(rows, batch_size=1000)
-        HourlyTeamTotal.objects.bulk_create(_team_totals(HourlyTeamTotal, rows), batch_size=1000)
+    for start in starts:
+        groups = _event_groups(organization_id, start, start + step)
+        rows = _build_rows(rollup_class, organization_id, start, groups, daily=unit == "day")
+        rollup_class.objects.bulk_create(rows, batch_size=1000)
+        total_class.objects.bulk_create(_team_totals(total_class, rows), batch_size=1000)
 
 
 def _table(model) -> str:
@@ -317,7 +327,7 @@ _EVENT_SUMS = """count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(
     coalesce(sum(time_to_first_token_ms), 0) AS ttft_sum_ms, count(time_to_first_token_ms) AS ttft_count"""
 
 
-def _insert_sql(organization_id: int, starts: list[datetime], unit: str, rollup_class, total_class) -> None:
+def _insert_sql(organization_id: int, starts: list[datetime], unit: str) -> None:
     """Every row of these buckets (`unit` "hour" or "day") in one statement.
 
     The events are read once, keeping only the columns the rollup needs; from those: the sums per
@@ -326,9 +336,9 @@ def _insert_sql(organization_id: int, starts: list[datetime], unit: str, rollup_
     sums and buckets separately keeps every grouping narrow, which makes it several times cheaper
     than one grouping of everything. Money columns hold integers, so their sums are exact.
     """
+    rollup_class, total_class, step = _GRAINS[unit]
     events, rollups, team_totals = _table(UsageEvent), _table(rollup_class), _table(total_class)
     daily = unit == "day"
-    step = DAY if daily else HOUR
     # Hourly rows keep no query type; daily ones do, and daily buckets also get per-user rows.
     keys = ", ".join(("model", "query_type") if daily else ("model",))
     # The buckets as time ranges (a backlog's chunk is usually one): an index range scan each, and
@@ -434,16 +444,7 @@ def days_rollup_refresh(*, organization_id: int, days: list[datetime]) -> int:
         # A pruned day's rollups are all that is left of it (see hours_rollup_refresh).
         recompute = [day for day in days if day not in pruned]
         if recompute:
-            DailyRollup.objects.filter(organization_id=organization_id, start__in=recompute).delete()
-            DailyTeamTotal.objects.filter(organization_id=organization_id, start__in=recompute).delete()
-            if connection.vendor == "postgresql":
-                _insert_sql(organization_id, recompute, "day", DailyRollup, DailyTeamTotal)
-            else:
-                for day in recompute:
-                    groups = _event_groups(organization_id, day, day + DAY)
-                    rows = _build_rows(DailyRollup, organization_id, day, groups, daily=True)
-                    DailyRollup.objects.bulk_create(rows, batch_size=1000)
-                    DailyTeamTotal.objects.bulk_create(_team_totals(DailyTeamTotal, rows), batch_size=1000)
+            _recompute(organization_id, recompute, "day")
         _clear_marks(DirtyDay, "day", organization_id, seen)
     return len(days)
 

@@ -38,7 +38,7 @@ from .models import (
     HourlyTeamTotal,
     UsageEvent,
 )
-from .rollups import DAY, HOUR, SUM_FIELDS, bucket_ranges, day_of, hour_of
+from .rollups import DAY, HOUR, SUM_FIELDS, bucket_ranges, ceil_to, day_of, hour_of
 
 PERCENTILES = (50, 95, 99)
 
@@ -58,11 +58,6 @@ class EventFilter:
 # --- which source serves which part of a range ---------------------------------------------------
 
 
-def _ceil(moment: datetime, floor, step: timedelta) -> datetime:
-    floored = floor(moment)
-    return floored if floored == moment else floored + step
-
-
 @dataclass
 class SourcePlan:
     days: list[tuple[datetime, datetime]] = field(default_factory=list)
@@ -72,7 +67,7 @@ class SourcePlan:
 
 def plan_sources(*, organization_id: int, start: datetime, end: datetime) -> SourcePlan:
     plan = SourcePlan()
-    first_hour, last_hour = _ceil(start, hour_of, HOUR), hour_of(end)
+    first_hour, last_hour = ceil_to(start, hour_of, HOUR), hour_of(end)
     if first_hour >= last_hour:
         plan.raw.append((start, end))
         return plan
@@ -90,7 +85,7 @@ def plan_sources(*, organization_id: int, start: datetime, end: datetime) -> Sou
             organization_id=organization_id, day__gte=day_of(first_hour), day__lt=last_hour
         ).values_list("day", flat=True)
     )
-    first_day, last_day = _ceil(first_hour, day_of, DAY), day_of(last_hour)
+    first_day, last_day = ceil_to(first_hour, day_of, DAY), day_of(last_hour)
     clean_days = []
     day = first_day
     while day < last_day:
@@ -335,31 +330,24 @@ def _rollup_sketches_by_start(queryset: QuerySet, *, by_start: bool = True) -> d
     key = "rollup-sketch:" + hashlib.sha256(repr((by_start, sql, params, fingerprint)).encode()).hexdigest()
     merged = cache.get(key)
     if merged is None:
-        merged = _merged_sketches(queryset, sql, params, by_start=by_start)
+        merged = _merged_sketches(sql, params, by_start=by_start)
         cache.set(key, merged, SKETCH_CACHE_SECONDS)
     return merged
 
 
-def _merged_sketches(queryset: QuerySet, sql: str, params, *, by_start: bool) -> dict[datetime | None, dict[int, int]]:
-    columns = ("start", "latency_sketch") if by_start else ("latency_sketch",)
+def _merged_sketches(sql: str, params, *, by_start: bool) -> dict[datetime | None, dict[int, int]]:
     start, group_by = ("s.start, ", "1, 2") if by_start else ("", "1")
     if connection.vendor == "postgresql":
         merge_sql = (
             f"SELECT {start}e.key::int, SUM(e.value::bigint) FROM ({sql}) AS s "  # noqa: S608 -- built by the ORM
             f"CROSS JOIN LATERAL jsonb_each_text(s.latency_sketch) AS e GROUP BY {group_by}"
         )
-    elif connection.vendor == "sqlite":
+    else:  # SQLite
         merge_sql = (
             f"SELECT {start}CAST(e.key AS INTEGER), SUM(e.value) FROM ({sql}) AS s, "  # noqa: S608 -- built by the ORM
             f"json_each(s.latency_sketch) AS e GROUP BY {group_by}"
         )
-    else:  # pragma: no cover - other databases merge in Python
-        merged: dict[datetime | None, dict[int, int]] = {}
-        for row in queryset.values(*columns):
-            key = row["start"] if by_start else None
-            merged[key] = sketch.merge([merged.get(key, {}), row["latency_sketch"]])
-        return merged
-    merged = {}
+    merged: dict[datetime | None, dict[int, int]] = {}
     with connection.cursor() as cursor:
         cursor.execute(merge_sql, params)
         for row in cursor.fetchall():
@@ -378,21 +366,9 @@ def _user_model_shares(queryset: QuerySet, model_names: list[str]) -> list[dict]
     if connection.vendor == "postgresql":
         share, each = "(m.value->>{})::bigint", "CROSS JOIN LATERAL jsonb_each(s.by_model) AS m"
         match, match_params = "m.key = ANY(%s)", [model_names]  # one array parameter
-    elif connection.vendor == "sqlite":
+    else:  # SQLite
         share, each = "json_extract(m.value, '$[{}]')", ", json_each(s.by_model) AS m"
         match, match_params = f"m.key IN ({', '.join(['%s'] * len(model_names))})", model_names
-    else:  # pragma: no cover - other databases sum in Python
-        totals: dict[str, list[int]] = {}
-        for row in queryset.values("user_id", "by_model"):
-            for model, values in row["by_model"].items():
-                if model in model_names:
-                    into = totals.setdefault(row["user_id"], [0, 0, 0])
-                    for i, value in enumerate(values):
-                        into[i] += value
-        return [
-            {"user_id": user, "requests": n, "total_tokens": tokens, "cost": from_units(cost)}
-            for user, (n, tokens, cost) in totals.items()
-        ]
     shares_sql = (
         f"SELECT s.user_id, SUM({share.format(0)}), SUM({share.format(1)}), SUM({share.format(2)}) "  # noqa: S608
         f"FROM ({sql}) AS s {each} WHERE {match} GROUP BY 1"

@@ -302,12 +302,12 @@ def test_it_keeps_an_hour_dirty_when_an_event_lands_during_its_recompute(world, 
             format="json",
         )
         assert response.status_code == 200, response.content
-    recompute = rollups._hours_recompute
+    recompute = rollups._recompute
     landed = []
 
-    def recompute_then_ingest(organization_id, hours):
-        recompute(organization_id, hours)  # the hour's events have been read
-        if not landed:
+    def recompute_then_ingest(organization_id, hours, unit):
+        recompute(organization_id, hours, unit)  # the hour's events have been read
+        if unit == "hour" and not landed:
             # An event for the same hour is stored (and the hour marked) while the recompute is in flight.
             response = api(world.ingest).post(
                 "/api/v1/metrics/track", event(request_id="during", timestamp=iso(hours[0] + timedelta(minutes=40))),
@@ -316,7 +316,7 @@ def test_it_keeps_an_hour_dirty_when_an_event_lands_during_its_recompute(world, 
             assert response.status_code == 200, response.content
             landed.append(hours[0])
 
-    monkeypatch.setattr(rollups, "_hours_recompute", recompute_then_ingest)
+    monkeypatch.setattr(rollups, "_recompute", recompute_then_ingest)
     dirty_rollups_refresh()
 
     assert landed == [hour]
@@ -329,7 +329,7 @@ def test_it_keeps_an_hour_dirty_when_an_event_lands_during_its_recompute(world, 
     assert body["total_requests"] == 4
     assert_dashboard_equals_raw(body, raw_rows(organization=world.acme, start=start, end=end), label="during")
 
-    monkeypatch.setattr(rollups, "_hours_recompute", recompute)
+    monkeypatch.setattr(rollups, "_recompute", recompute)
     dirty_rollups_refresh()
 
     assert no_dirty_marks()

@@ -63,6 +63,7 @@ MALFORMED = {
     "DEBUG": {"DEBUG": "maybe"},
     "DATABASE_URL-scheme": {"DATABASE_URL": "notaurl://x"},
     "DATABASE_URL-port": {"DATABASE_URL": "postgres://h:notaport/db"},
+    "DATABASE_URL-unsupported": {"DATABASE_URL": "mysql://user@h/db"},
     "REDIS_URL": {"REDIS_URL": "http://x"},
     "EMAIL_URL-port": {"EMAIL_URL": "smtp://user@mail.example.com:notaport"},
     "EMAIL_URL-scheme": {"EMAIL_URL": "notascheme://x"},

@@ -122,6 +122,18 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 # --- database -----------------------------------------------------------------------------------
 
 
+def latency_summary(latencies: list[float], body: bytes) -> dict:
+    """p50, p95 and max of request times (ms), their count and the last answer's size."""
+    latencies = sorted(latencies)
+    return {
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "max": latencies[-1],
+        "n": len(latencies),
+        "bytes": len(body),
+    }
+
+
 def admin_connect(args):
     conn = psycopg2.connect(host=args.pg_host, port=args.pg_port, user=args.pg_user, dbname="postgres")
     conn.autocommit = True
@@ -824,14 +836,7 @@ def dashboard_latency(args, server: Server, token: str) -> dict[str, dict]:
                 raise BenchFailure(f"dashboard {label}: HTTP {status}: {body[:300]!r}\n{server.log_tail()}")
             if i >= 3:
                 latencies.append(elapsed * 1000)
-        latencies.sort()
-        results[label] = {
-            "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95),
-            "max": latencies[-1],
-            "n": len(latencies),
-            "bytes": len(body),
-        }
+        results[label] = latency_summary(latencies, body)
         log(
             f"  dashboard {label}: p50 {results[label]['p50']:.1f} ms, p95 {results[label]['p95']:.1f} ms, "
             f"max {results[label]['max']:.1f} ms ({len(latencies)} requests, {len(body):,} B answer)"
@@ -967,14 +972,7 @@ def page_latency(args, server: Server, slug: str) -> dict[str, dict]:
                 raise BenchFailure(f"page {label}: HTTP {response.status}: {body[:300]!r}\n{server.log_tail()}")
             if i >= 2:
                 latencies.append(elapsed * 1000)
-        latencies.sort()
-        results[label] = {
-            "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95),
-            "max": latencies[-1],
-            "n": len(latencies),
-            "bytes": len(body),
-        }
+        results[label] = latency_summary(latencies, body)
         log(
             f"  page {label} 30d: p50 {results[label]['p50']:.1f} ms, p95 {results[label]['p95']:.1f} ms, "
             f"max {results[label]['max']:.1f} ms ({len(latencies)} requests, {len(body):,} B page)"
