@@ -347,6 +347,9 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 RAW_EVENT_RETENTION_DAYS = env_int("RAW_EVENT_RETENTION_DAYS", 90, minimum=2)
+# Worker processes that share a rollup backlog (after an outage, a backfill or a reprice): the beat
+# run queues this many runs in all, which split the chunks between them. Match the workers' concurrency.
+ROLLUP_WORKERS = env_int("ROLLUP_WORKERS", 2, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     # `expires`: if no worker runs for a while, stale runs are dropped rather than piling up.
     "rollups-refresh": {"task": "metrics.tasks.rollups_refresh", "schedule": 60.0, "options": {"expires": 55}},

@@ -6,7 +6,12 @@ from . import rollups
 
 
 @shared_task
-def rollups_refresh() -> dict:
+def rollups_refresh(*, share: bool = True) -> dict:
+    """Beat, every minute. A backlog is shared: helper runs are queued first, and all runs split its
+    chunks (each skips the chunks another run holds or has finished)."""
+    if share:
+        for _ in range(rollups.helpers_wanted()):
+            rollups_refresh.delay(share=False)
     result = rollups.dirty_rollups_refresh()
     return {"hours": result.hours, "days": result.days, "skipped": result.skipped}
 

@@ -8,6 +8,7 @@ the server cannot take these tasks. Every wait is bounded and fails with the wor
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 import re
@@ -272,3 +273,34 @@ def test_it_keeps_accepting_events_while_a_worker_rolls_up(world, broker):
         f"only {during} POSTs completed while the rollup ran (the slowest took {slowest:.2f}s): "
         "ingest waits for the whole rollup"
     )
+
+
+def test_it_shares_a_backlog_between_the_pool_processes_and_recomputes_each_hour_once(world, broker):
+    # A backlog of more than a chunk: on PostgreSQL the beat run queues helper runs (ROLLUP_WORKERS in
+    # all) that split the chunks; SQLite has one writer at a time, so one run does it all.
+    env, url = broker
+    rng = random.Random(47)
+    now = datetime.now(UTC)
+    post_events(world.ingest, spread_over_hours(rng, hours=400, per_hour=1, days=20, prefix="s", now=now))
+    marked = DirtyHour.objects.count()
+    assert marked == 400
+    runs = settings.ROLLUP_WORKERS if connection.vendor == "postgresql" else 1
+
+    with celery_worker(concurrency=2, extra_env=env) as worker:
+        enqueue(url)
+        results = wait_until(lambda: (lambda r: r if len(r) == runs else None)(finished_runs(worker)), worker,
+                             what=f"{runs} rollups_refresh runs to succeed")
+        if not no_dirty_marks():  # a day re-marked while another run held it: the next beat run's work
+            third = enqueue(url)
+            wait_until(lambda: succeeded(worker, third.id), worker, what="one more rollups_refresh")
+
+    # Every hour was recomputed by exactly one of the runs.
+    assert sum(result["hours"] for result in results) == marked, results
+    assert no_dirty_marks()
+    assert_rollups_equal_raw()
+
+
+def finished_runs(worker) -> list[dict]:
+    """What each succeeded rollups_refresh returned, from the worker's log."""
+    found = re.findall(r"rollups_refresh\[[0-9a-f-]+\] succeeded in [0-9.]+s: (\{[^}]*\})", worker_log(worker))
+    return [ast.literal_eval(text) for text in found]

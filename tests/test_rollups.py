@@ -13,6 +13,7 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from django.db import connection
 
 from metrics import rollups
 from metrics.models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup, UsageEvent
@@ -337,3 +338,36 @@ def test_it_keeps_an_hour_dirty_when_an_event_lands_during_its_recompute(world, 
     assert DailyRollup.objects.get(organization=world.acme, start=day_of(hour), is_team_total=True).requests == 4
     assert_dashboard_equals_raw(get_dashboard(world.read, start=iso(start), end=iso(end)),
                                 raw_rows(organization=world.acme, start=start, end=end), label="next refresh")
+
+
+def test_a_run_with_a_stale_list_of_marks_skips_the_buckets_another_run_finished(world, data):
+    # Runs sharing a backlog each read the marks when they start: a bucket another run has finished
+    # since is not recomputed again (that would cost the backlog twice).
+    hours = sorted(DirtyHour.objects.filter(organization=world.acme).values_list("hour", flat=True))
+    assert rollups.hours_rollup_refresh(organization_id=world.acme.pk, hours=hours) == len(hours)
+    days = sorted(DirtyDay.objects.filter(organization=world.acme).values_list("day", flat=True))
+    assert rollups.days_rollup_refresh(organization_id=world.acme.pk, days=days) == len(days)
+    done = rollup_contents()
+
+    assert rollups.hours_rollup_refresh(organization_id=world.acme.pk, hours=hours) == 0
+    assert rollups.days_rollup_refresh(organization_id=world.acme.pk, days=days) == 0
+    assert rollup_contents() == done
+    # A bucket marked again (a late event) is recomputed, stale list or not.
+    late = random_event(random.Random(5), moment=hours[0] + timedelta(minutes=1), request_id="late")
+    post_events(world.ingest, [late])
+    assert rollups.hours_rollup_refresh(organization_id=world.acme.pk, hours=hours) == 1
+    assert DirtyDay.objects.filter(organization=world.acme, day=day_of(hours[0])).exists()
+
+
+def test_a_backlog_of_more_than_one_chunk_is_shared_by_the_worker_processes(world, settings):
+    hour = hour_of(datetime.now(UTC)) - HOUR
+    mark_hours_dirty(organization_id=world.acme.pk, moments=[hour - k * HOUR for k in range(rollups.HOURS_PER_CHUNK)])
+    assert rollups.helpers_wanted() == 0  # one chunk: nothing to share
+
+    mark_hours_dirty(organization_id=world.globex.pk, moments=[hour])
+    on_postgresql = connection.vendor == "postgresql"  # SQLite runs one writer at a time: no helpers
+    assert rollups.helpers_wanted() == (settings.ROLLUP_WORKERS - 1 if on_postgresql else 0)
+    settings.ROLLUP_WORKERS = 4
+    assert rollups.helpers_wanted() == (3 if on_postgresql else 0)
+    settings.ROLLUP_WORKERS = 1
+    assert rollups.helpers_wanted() == 0

@@ -15,8 +15,9 @@ For each size N in --sizes, on a fresh database (`llmcost_dashbench`, dropped at
    some in the current hour) with one COPY … FROM STDIN (FREEZE) fed by a generator, after
    dropping the table's indexes and constraints (re-created, and the foreign keys validated, after
    the load); marks every touched hour dirty; ANALYZE.
-3. runs metrics.rollups.dirty_rollups_refresh in-process until no dirty hour or day is left, and
-   reports the time per million events; then VACUUM ANALYZE of the rollup tables (what autovacuum
+3. runs metrics.rollups.dirty_rollups_refresh in --rollup-workers forked processes (2, as a worker
+   with --concurrency 2 shares a backlog) until no dirty hour or day is left, and reports the time
+   per million events; then VACUUM ANALYZE of the rollup tables (what autovacuum
    does on a live system).
 4. starts gunicorn (2 sync workers) on a free loopback port, POSTs a few fresh events into the
    current hour through /api/v1/events (so the open hour is dirty and read from raw events, as in
@@ -44,6 +45,7 @@ import asyncio
 import io
 import json
 import math
+import multiprocessing
 import os
 import random
 import secrets
@@ -567,32 +569,46 @@ def load_events(args, size: int, tenancy: Tenancy) -> dict:
 # --- rollups ------------------------------------------------------------------------------------------
 
 
-def run_rollups(args) -> dict:
-
-    from metrics.models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup
+def _refresh_until_idle(deadline: float) -> tuple[int, int, int]:
+    """One worker process's share of the backlog: refresh passes until one finds nothing left to do
+    (the rest is held by the other processes)."""
     from metrics.rollups import dirty_rollups_refresh
 
-    deadline = time.monotonic() + args.rollup_seconds
     hours = days = skipped = 0
-    t = time.perf_counter()
-    for _ in range(50):  # each call recomputes every mark present when it started
-        if not DirtyHour.objects.exists() and not DirtyDay.objects.exists():
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BenchFailure(f"rollups did not finish within {args.rollup_seconds:.0f} s")
-        result = dirty_rollups_refresh(time_budget_seconds=remaining)
+    while time.monotonic() < deadline:
+        result = dirty_rollups_refresh(time_budget_seconds=deadline - time.monotonic())
         hours, days, skipped = hours + result.hours, days + result.days, skipped + result.skipped
-        log(f"  refresh: {result.hours:,} hours, {result.days:,} days, {result.skipped} skipped")
-    else:
-        raise BenchFailure("rollups still had dirty marks after 50 runs")
+        if not result.hours and not result.days:
+            break
+    return hours, days, skipped
+
+
+def run_rollups(args, pool) -> dict:
+    """The backlog shared by the pool's processes, as a worker's pool shares it
+    (metrics.tasks.rollups_refresh queues ROLLUP_WORKERS runs that split the chunks); then one more
+    pass here, which must find nothing left."""
+    from metrics.models import DailyRollup, DirtyDay, DirtyHour, HourlyRollup
+
+    deadline = time.monotonic() + args.rollup_seconds
+    t = time.perf_counter()
+    shares = pool.map(_refresh_until_idle, [deadline] * args.rollup_workers)
+    hours, days, skipped = (sum(column) for column in zip(*shares, strict=True))
+    leftover = _refresh_until_idle(deadline)
     seconds = time.perf_counter() - t
+    if DirtyHour.objects.exists() or DirtyDay.objects.exists():
+        raise BenchFailure(f"rollups did not finish within {args.rollup_seconds:.0f} s")
+    log(
+        f"  {args.rollup_workers} processes: "
+        + ", ".join(f"{h:,} hours and {d:,} days ({s:,} skipped)" for h, d, s in shares)
+        + f"; then {leftover[0]} hours and {leftover[1]} days left over"
+    )
     hourly_rows, daily_rows = HourlyRollup.objects.count(), DailyRollup.objects.count()
     return {
         "seconds": seconds,
-        "hours": hours,
-        "days": days,
+        "hours": hours + leftover[0],
+        "days": days + leftover[1],
         "skipped": skipped,
+        "workers": args.rollup_workers,
         "hourly_rows": hourly_rows,
         "daily_rows": daily_rows,
     }
@@ -701,8 +717,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot(server_pid: int | None, db_name: str) -> dict[str, float]:
-    """CPU seconds used so far by: this process, gunicorn, PostgreSQL (this database), the whole machine."""
-    gunicorn = postgres = 0
+    """CPU seconds used so far by: this process (with its rollup processes), gunicorn, PostgreSQL (this
+    database), the whole machine."""
+    gunicorn = postgres = children = 0
+    me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -715,6 +733,8 @@ def cpu_snapshot(server_pid: int | None, db_name: str) -> dict[str, float]:
         ppid, ticks = int(fields[1]), int(fields[11]) + int(fields[12])
         if server_pid is not None and (int(entry) == server_pid or ppid == server_pid):
             gunicorn += ticks
+        elif ppid == me:  # the rollup's processes
+            children += ticks
         elif comm == "postgres":
             try:
                 title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -727,7 +747,7 @@ def cpu_snapshot(server_pid: int | None, db_name: str) -> dict[str, float]:
         parts = [int(x) for x in f.readline().split()[1:]]
     times = os.times()
     return {
-        "client": times.user + times.system,
+        "client": times.user + times.system + children / CLK_TCK,
         "gunicorn": gunicorn / CLK_TCK,
         "postgres": postgres / CLK_TCK,
         "busy": (sum(parts[:8]) - parts[3] - parts[4]) / CLK_TCK,
@@ -1111,15 +1131,13 @@ def budget_check_load(args, server: Server, token: str, alias: str, rate: float 
 
 
 def measure_rollups(args, size: int, result: dict) -> None:
-    log("rollups: dirty_rollups_refresh until no dirty hour or day is left")
+    log(f"rollups: dirty_rollups_refresh in {args.rollup_workers} processes until no dirty hour or day is left")
     wait_for_quiet(args)
-    from django.db import connection
-
-    # A fresh connection, opened before the CPU snapshot so its backend's CPU time is counted.
-    connection.close()
-    connection.ensure_connection()
-    with Phase(args, None) as phase:
-        result["rollup"] = run_rollups(args)
+    close_django_connections()  # the forked processes must not share this process's connection
+    # The processes (and their database connections) live until after the CPU snapshot, so that
+    # their CPU time and their backends' is counted.
+    with multiprocessing.get_context("fork").Pool(args.rollup_workers) as pool, Phase(args, None) as phase:
+        result["rollup"] = run_rollups(args, pool)
     close_django_connections()
     roll = result["rollup"]
     roll["vacuum"] = vacuum_rollups(args)
@@ -1156,7 +1174,7 @@ def reuse_database(args) -> tuple[Tenancy, int]:
         tokens.append(raw.strip().splitlines()[-1].strip())
     size = UsageEvent.objects.count()
     log(f"reusing {args.db_name}: {size:,} events, {len(orgs)} organizations; rolling up what is dirty (not timed)")
-    run_rollups(args)
+    _refresh_until_idle(time.monotonic() + args.rollup_seconds)
     close_django_connections()
     vacuum_rollups(args)
     return Tenancy(orgs, teams, tokens[0], tokens[1], 0), size
@@ -1227,7 +1245,7 @@ def rollup_text(r: dict) -> str:
     if r["rollup"] is None:
         return "rollup not measured (--reuse)"
     per_m = r["rollup"]["seconds"] / (r["size"] / 1e6)
-    return f"rollup {r['rollup']['seconds']:.1f} s ({per_m:.1f} s per 1 M)"
+    return f"rollup {r['rollup']['seconds']:.1f} s ({per_m:.1f} s per 1 M, {r['rollup']['workers']} processes)"
 
 
 def summary_lines(results: list[dict], args) -> list[str]:
@@ -1328,6 +1346,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
     parser.add_argument("--load-seconds", type=float, default=1800.0, help="time bound of one load")
+    parser.add_argument(
+        "--rollup-workers", type=int, default=2,
+        help="processes sharing the rollup backlog (default 2: ROLLUP_WORKERS, a worker's --concurrency 2)",
+    )  # fmt: skip
     parser.add_argument("--rollup-seconds", type=float, default=7200.0, help="time bound of one rollup run")
     parser.add_argument("--dashboard-seconds", type=float, default=300.0, help="time bound per dashboard range")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to this long for a quiet machine")
