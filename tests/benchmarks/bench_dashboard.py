@@ -5,6 +5,7 @@
     .venv/bin/python tests/benchmarks/bench_dashboard.py [--sizes 1000000,10000000] [--orgs 4]
         [--days 90] [--requests 50] [--budget-requests 5000] [--keep]
     .venv/bin/python tests/benchmarks/bench_dashboard.py --reuse   # re-measure the server on a kept database
+    .venv/bin/python tests/benchmarks/bench_dashboard.py --reuse --redo-rollups   # and the rollups
 
 For each size N in --sizes, on a fresh database (`llmcost_dashbench`, dropped at the end unless --keep):
 
@@ -583,6 +584,10 @@ def _refresh_until_idle(deadline: float) -> tuple[int, int, int]:
     return hours, days, skipped
 
 
+def processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def run_rollups(args, pool) -> dict:
     """The backlog shared by the pool's processes, as a worker's pool shares it
     (metrics.tasks.rollups_refresh queues ROLLUP_WORKERS runs that split the chunks); then one more
@@ -598,7 +603,7 @@ def run_rollups(args, pool) -> dict:
     if DirtyHour.objects.exists() or DirtyDay.objects.exists():
         raise BenchFailure(f"rollups did not finish within {args.rollup_seconds:.0f} s")
     log(
-        f"  {args.rollup_workers} processes: "
+        f"  {processes(args.rollup_workers)}: "
         + ", ".join(f"{h:,} hours and {d:,} days ({s:,} skipped)" for h, d, s in shares)
         + f"; then {leftover[0]} hours and {leftover[1]} days left over"
     )
@@ -1131,7 +1136,7 @@ def budget_check_load(args, server: Server, token: str, alias: str, rate: float 
 
 
 def measure_rollups(args, size: int, result: dict) -> None:
-    log(f"rollups: dirty_rollups_refresh in {args.rollup_workers} processes until no dirty hour or day is left")
+    log(f"rollups: dirty_rollups_refresh in {processes(args.rollup_workers)} until no dirty hour or day is left")
     wait_for_quiet(args)
     close_django_connections()  # the forked processes must not share this process's connection
     # The processes (and their database connections) live until after the CPU snapshot, so that
@@ -1173,11 +1178,31 @@ def reuse_database(args) -> tuple[Tenancy, int]:
         raw = command("create_token", orgs[0][1], "--scopes", scopes, "--name", f"dashbench-{scopes}")
         tokens.append(raw.strip().splitlines()[-1].strip())
     size = UsageEvent.objects.count()
-    log(f"reusing {args.db_name}: {size:,} events, {len(orgs)} organizations; rolling up what is dirty (not timed)")
-    _refresh_until_idle(time.monotonic() + args.rollup_seconds)
-    close_django_connections()
-    vacuum_rollups(args)
+    log(f"reusing {args.db_name}: {size:,} events, {len(orgs)} organizations")
+    if not args.redo_rollups:
+        log("  rolling up what is dirty (not timed)")
+        _refresh_until_idle(time.monotonic() + args.rollup_seconds)
+        close_django_connections()
+        vacuum_rollups(args)
     return Tenancy(orgs, teams, tokens[0], tokens[1], 0), size
+
+
+def rollups_from_scratch(args) -> None:
+    """Empty the rollup tables and mark every hour with events dirty, as after a load."""
+    conn = bench_connect(args, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "TRUNCATE metrics_hourlyrollup, metrics_dailyrollup, metrics_hourlyteamtotal, "
+                "metrics_dailyteamtotal, metrics_dirtyhour, metrics_dirtyday"
+            )
+            cur.execute(
+                "INSERT INTO metrics_dirtyhour (organization_id, hour, version) "
+                "SELECT DISTINCT organization_id, date_trunc('hour', \"timestamp\", 'UTC'), 1 FROM metrics_usageevent"
+            )
+            cur.execute("CHECKPOINT")
+    finally:
+        conn.close()
 
 
 def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
@@ -1185,6 +1210,9 @@ def run_size(args, size: int, workdir: Path, failures: list[str]) -> dict:
         tenancy, size = reuse_database(args)
         result: dict = {"size": size, "rollup": None}
         org_id, _ = tenancy.orgs[0]
+        if args.redo_rollups:
+            rollups_from_scratch(args)
+            measure_rollups(args, size, result)
     else:
         result = {"size": size}
         log(f"=== size {size:,} ===")
@@ -1245,7 +1273,7 @@ def rollup_text(r: dict) -> str:
     if r["rollup"] is None:
         return "rollup not measured (--reuse)"
     per_m = r["rollup"]["seconds"] / (r["size"] / 1e6)
-    return f"rollup {r['rollup']['seconds']:.1f} s ({per_m:.1f} s per 1 M, {r['rollup']['workers']} processes)"
+    return f"rollup {r['rollup']['seconds']:.1f} s ({per_m:.1f} s per 1 M, {processes(r['rollup']['workers'])})"
 
 
 def summary_lines(results: list[dict], args) -> list[str]:
@@ -1340,6 +1368,10 @@ def main(argv=None) -> int:
         "--reuse", action="store_true",
         help=f"skip create/load/rollups: measure the server on the {DB_NAME} a --keep run left (kept again)",
     )  # fmt: skip
+    parser.add_argument(
+        "--redo-rollups", action="store_true",
+        help="with --reuse: empty the rollups, mark every hour dirty and measure the rollups again",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--db-name", default=DB_NAME)
     parser.add_argument("--pg-host", default="127.0.0.1")
@@ -1367,6 +1399,8 @@ def main(argv=None) -> int:
         parser.error("--days must be 2..90 (older raw events are outside the retention window)")
     if args.requests < 1:
         parser.error("--requests must be at least 1")
+    if args.redo_rollups and not args.reuse:
+        parser.error("--redo-rollups needs --reuse")
     if args.reuse:
         sizes, args.keep = sizes[:1], True  # one database to measure, and it is not ours to drop
     args.secret_key = secrets.token_urlsafe(50)
