@@ -11,7 +11,8 @@ def rollups_refresh(*, share: bool = True) -> dict:
     chunks (each skips the chunks another run holds or has finished)."""
     if share:
         for _ in range(rollups.helpers_wanted()):
-            rollups_refresh.delay(share=False)
+            # Like the beat run's own message: a helper no worker takes within the minute is dropped.
+            rollups_refresh.apply_async(kwargs={"share": False}, expires=55)
     result = rollups.dirty_rollups_refresh()
     return {"hours": result.hours, "days": result.days, "skipped": result.skipped}
 
