@@ -14,7 +14,8 @@ of hours (and days) of one organization: one `INSERT … SELECT` builds every ro
 latency sketch included (`json_object_agg`), so the events never leave the database; the commit
 does not wait for the WAL flush (`synchronous_commit = off`: a crash may lose the last commits'
 rows *and* their cleared marks together, so the hours are simply recomputed). SQLite builds the
-rows in Python, one hour per transaction, leaving gaps for ingest's writes.
+rows in Python, one hour per transaction, leaving gaps for ingest's writes. Several runs may share
+a backlog (see `helpers_wanted`): each takes the chunks no other run holds or has finished.
 """
 
 from __future__ import annotations
@@ -266,7 +267,8 @@ def _clear_marks(model, column: str, organization_id: int, seen: dict[datetime, 
 
 
 def hour_rollup_refresh(*, organization_id: int, hour: datetime) -> bool:
-    """Recompute one hour from raw events. False if another worker holds it (it will finish it)."""
+    """Recompute one dirty hour from raw events. False if another worker holds it (it will finish it)
+    or it is no longer marked dirty."""
     return hours_rollup_refresh(organization_id=organization_id, hours=[hour]) == 1
 
 
@@ -284,8 +286,8 @@ def _pruned(organization_id: int, starts: list[datetime], step: timedelta) -> li
 
 
 def hours_rollup_refresh(*, organization_id: int, hours: list[datetime]) -> int:
-    """Recompute hours of one organization from raw events in one transaction; returns how many
-    (hours another worker holds are left to it)."""
+    """Recompute the dirty ones of these hours of one organization from raw events in one
+    transaction; returns how many (hours another worker holds are left to it)."""
     with transaction.atomic():
         _fast_commit()
         hours = _try_locks(kind="hour", organization_id=organization_id, moments=sorted(hours))
@@ -436,12 +438,13 @@ def _insert_sql(organization_id: int, starts: list[datetime], unit: str) -> None
 
 
 def day_rollup_refresh(*, organization_id: int, day: datetime) -> bool:
-    """Recompute one UTC day from raw events."""
+    """Recompute one dirty UTC day from raw events."""
     return days_rollup_refresh(organization_id=organization_id, days=[day]) == 1
 
 
 def days_rollup_refresh(*, organization_id: int, days: list[datetime]) -> int:
-    """Recompute UTC days of one organization from raw events in one transaction; returns how many.
+    """Recompute the dirty ones of these UTC days of one organization from raw events in one
+    transaction; returns how many.
 
     Per-user rows live only in daily rollups, so a day is recomputed from its raw events, which
     are complete: pruning removes whole days, under this same lock, and never a dirty one.
