@@ -163,15 +163,18 @@ def _filtered(
         queryset = queryset.filter(team=scope.team(filters.team_alias))
     if team_totals:  # TeamTotal rows know teams only; they are used when no other filter applies
         return queryset
-    if filters.model:
-        # The seed's model_filter matches a family ("gpt-4" finds gpt-4 and gpt-4o).
-        queryset = queryset.filter(model__icontains=filters.model)
+    queryset = _of_model_family(queryset, filters)
     if rollup:
         # Team-total rows answer unless the question is about users.
         queryset = queryset.filter(is_team_total=not (per_user or filters.user_id is not None))
     if filters.user_id is not None:
         queryset = queryset.filter(user_id=filters.user_id)
     return queryset
+
+
+def _of_model_family(queryset: QuerySet, filters: EventFilter) -> QuerySet:
+    """The seed's model_filter matches a family ("gpt-4" finds gpt-4 and gpt-4o)."""
+    return queryset.filter(model__icontains=filters.model) if filters.model else queryset
 
 
 def _about_users(filters: EventFilter, per_user: bool) -> bool:
@@ -690,6 +693,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
     # 3. Who spends: users from the per-user rows (the same plan, so no second look at dirty marks);
     #    with a model filter, those rows' shares of the models it matched (the models above).
     #    Only what the users table shows is summed: these are the most numerous rows the page reads.
+    # Per-user rows keep no model: the model filter applies to their shares and to the raw part.
     user_sources = _sources(scope, replace(filters, model=None), per_user=True, plan=plan)
     user_sums: dict[str, Aggregate] = {name: Sum(name) for name in _USER_PANEL_FIELDS}
     user_rows: list[Iterable[dict]] = [
@@ -699,7 +703,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
         for queryset in user_sources.rollups
     ]
     if user_sources.raw is not None:
-        raw_users = user_sources.raw.filter(model__icontains=filters.model) if filters.model else user_sources.raw
+        raw_users = _of_model_family(user_sources.raw, filters)
         raw_sums = {name: _RAW_PANEL_SUMS[name] for name in _USER_PANEL_FIELDS}
         user_rows.append(raw_users.values("user_id").annotate(**raw_sums).order_by())
     users: dict[str, dict] = {}
