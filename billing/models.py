@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from .money import MoneyField
+from .money import MoneySumField
 
 
 def default_thresholds() -> list[int]:
@@ -89,7 +89,7 @@ class Budget(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # The last evaluation's answer (every minute, by the budgets task), for readers that must not
     # query usage themselves, such as the Prometheus scrape.
-    evaluated_spend_usd = MoneyField(null=True, blank=True, editable=False)  # type: ignore[misc]
+    evaluated_spend_usd = MoneySumField(null=True, blank=True, editable=False)  # type: ignore[misc]
     evaluated_period_start = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
@@ -126,7 +126,7 @@ class BudgetAlert(models.Model):
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     period_start = models.DateTimeField()
     threshold = models.PositiveSmallIntegerField()
-    spend_usd = MoneyField()
+    spend_usd = MoneySumField()
     limit_usd = models.DecimalField(max_digits=18, decimal_places=6)
     created_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)

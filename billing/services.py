@@ -15,6 +15,7 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from metrics.failures import JobRun
 from metrics.models import UsageEvent
 from metrics.selectors import EventFilter, top_usage
 from teams.access import AccessScope
@@ -209,11 +210,15 @@ def budget_create(
 
 
 def budget_alert_recipients(budget: Budget) -> list[str]:
-    """The organization's owners and admins who can see the budget's team, plus its extra addresses."""
+    """The organization's owners and admins who can see everything the budget covers, plus its
+    extra addresses: for a team budget, those not limited to other teams; for an organization
+    budget, only those not limited to some teams (its email names every team's users)."""
     memberships = Membership.objects.filter(
         organization_id=budget.organization_id, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True
     ).select_related("user")
-    if budget.team_id is not None:
+    if budget.team_id is None:
+        memberships = memberships.filter(teams__isnull=True)
+    else:
         memberships = memberships.filter(Q(teams__isnull=True) | Q(teams=budget.team_id)).distinct()
     emails = [m.user.email for m in memberships if m.user.email]
     return sorted(set(emails) | set(budget.extra_emails or []))
@@ -227,21 +232,36 @@ def budgets_evaluate(*, now: datetime | None = None) -> int:
     """
     now = now or datetime.now(UTC)
     created = 0
+    run = JobRun(BUDGET_EVALUATE_JOB, now=now)
     for budget in Budget.objects.filter(is_active=True).select_related("organization", "team"):
-        status = budget_status(budget, now, fresh=True)
-        Budget.objects.filter(pk=budget.pk).update(
-            evaluated_spend_usd=status.spend, evaluated_period_start=status.period_start
-        )
-        crossed = [t for t in budget.thresholds if status.spend * 100 >= budget.amount_usd * t]
-        for threshold in crossed:
-            _, was_created = BudgetAlert.objects.get_or_create(
-                budget=budget,
-                period_start=status.period_start,
-                threshold=threshold,
-                defaults={"spend_usd": status.spend, "limit_usd": budget.amount_usd},
-            )
-            created += was_created
+        key = f"budget {budget.pk}"
+        if not run.due(budget.organization_id, key):
+            continue
+        # One budget failing (recorded, retried later) never stops the others, nor the sending below.
+        with run.unit(budget.organization_id, key):
+            created += _budget_evaluate(budget, now)
     budget_alerts_send(now=now)
+    return created
+
+
+BUDGET_EVALUATE_JOB = "budget_evaluate"
+BUDGET_ALERT_JOB = "budget_alert_send"
+
+
+def _budget_evaluate(budget: Budget, now: datetime) -> int:
+    status = budget_status(budget, now, fresh=True)
+    Budget.objects.filter(pk=budget.pk).update(
+        evaluated_spend_usd=status.spend, evaluated_period_start=status.period_start
+    )
+    created = 0
+    for threshold in [t for t in budget.thresholds if status.spend * 100 >= budget.amount_usd * t]:
+        _, was_created = BudgetAlert.objects.get_or_create(
+            budget=budget,
+            period_start=status.period_start,
+            threshold=threshold,
+            defaults={"spend_usd": status.spend, "limit_usd": budget.amount_usd},
+        )
+        created += was_created
     return created
 
 
@@ -260,6 +280,7 @@ def budget_alerts_send(*, now: datetime | None = None) -> int:
     """Send unsent alerts; each is claimed by a conditional update so only one worker sends it."""
     now = now or datetime.now(UTC)
     sent = 0
+    run = JobRun(BUDGET_ALERT_JOB, now=now)
     pending = BudgetAlert.objects.filter(sent_at__isnull=True).select_related("budget__organization", "budget__team")
     for alert in pending:
         if alert.attempts >= RETRY_AT_EVERY_RUN and now < alert_retry_after(alert):
@@ -271,13 +292,16 @@ def budget_alerts_send(*, now: datetime | None = None) -> int:
         )
         if claimed != 1:
             continue
-        recipients = budget_alert_recipients(alert.budget)
-        try:
+        # Building the message reads the period's figures; anything failing (SMTP refused or timed
+        # out, bad data) is recorded on the alert and as a JobFailure, and the next run retries it.
+        with run.unit(alert.budget.organization_id, f"alert {alert.pk}") as outcome:
+            recipients = budget_alert_recipients(alert.budget)
             if recipients:
                 _alert_message(alert, recipients, now).send()
-        except Exception as exc:  # SMTP refused, timed out...: record it and let the next run retry
-            logger.warning("Budget alert %s not sent: %s", alert.pk, exc)
-            BudgetAlert.objects.filter(pk=alert.pk).update(claimed_at=None, last_error=f"{type(exc).__name__}: {exc}")
+        if not outcome.ok:
+            failure = run.last_error or "unknown error"
+            logger.warning("Budget alert %s not sent: %s", alert.pk, failure)
+            BudgetAlert.objects.filter(pk=alert.pk).update(claimed_at=None, last_error=failure)
             continue
         BudgetAlert.objects.filter(pk=alert.pk).update(sent_at=now, recipients=recipients, last_error="")
         sent += 1

@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.core.paginator import Paginator
+from django.utils import timezone
 from django.utils.functional import cached_property
 
-from .models import BatchRun, CacheStat, UsageEvent
+from .models import BatchRun, CacheStat, JobFailure, UsageEvent
 
 
 class CappedCountPaginator(Paginator):
@@ -67,3 +68,51 @@ class BatchRunAdmin(NoFullCountAdmin):
     list_filter = ("organization",)
     search_fields = ("=batch_id",)
     raw_id_fields = ("organization", "team")
+
+
+class FailingFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("failing", "Failing now"), ("resolved", "Resolved")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "failing":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "resolved":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(JobFailure)
+class JobFailureAdmin(admin.ModelAdmin):
+    """Background work that failed for one organization (see metrics.failures): what, since when,
+    how often, the last error, and when it is retried. Rows are written by the jobs only."""
+
+    list_display = ("job", "organization", "key", "state", "consecutive_failures", "total_failures",
+                    "last_failed_at", "retry_at", "short_error")  # fmt: skip
+    list_filter = (FailingFilter, "job")
+    list_select_related = ("organization",)
+    search_fields = ("organization__slug", "key", "last_error")
+    ordering = ("resolved_at", "-last_failed_at")
+    actions = ("retry_now",)
+
+    @admin.display(description="state")
+    def state(self, failure: JobFailure) -> str:
+        return "resolved" if failure.resolved_at else "failing"
+
+    @admin.display(description="last error")
+    def short_error(self, failure: JobFailure) -> str:
+        return failure.last_error[:120]
+
+    @admin.action(description="Retry at the next run")
+    def retry_now(self, request, queryset):
+        updated = queryset.filter(resolved_at__isnull=True).update(retry_at=timezone.now())
+        self.message_user(request, f"{updated} failing unit(s) will be retried at the next run.")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the action above is the one change an admin makes

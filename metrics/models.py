@@ -1,7 +1,7 @@
 from django.db import models
 from django.utils import timezone
 
-from billing.money import MoneyField
+from billing.money import MoneyField, MoneySumField
 from teams.models import Organization, Team
 
 
@@ -146,7 +146,7 @@ class RollupSums(models.Model):
     output_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
-    cost = MoneyField(default=0)
+    cost = MoneySumField(default=0)
     errors = models.BigIntegerField(default=0)
     cache_hits = models.BigIntegerField(default=0)
     unpriced = models.BigIntegerField(default=0)
@@ -266,3 +266,31 @@ class DailyTeamTotal(TeamTotal):
 
     def __str__(self) -> str:
         return f"{self.start:%Y-%m-%d} team {self.team_id} {self.cost}"
+
+
+class JobFailure(models.Model):
+    """A background job's unit of work (one organization's rollups, one budget, one alert...) that
+    failed: logged, counted here for platform admins and Prometheus, and retried after `retry_at`
+    while the job goes on with everything else. Kept after it succeeds again (`resolved_at`), so
+    `total_failures` only grows."""
+
+    job = models.CharField(max_length=64)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200, blank=True, help_text="What failed within the job, e.g. a budget id.")
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    total_failures = models.BigIntegerField(default=0)
+    first_failed_at = models.DateTimeField(default=timezone.now)
+    last_failed_at = models.DateTimeField(default=timezone.now)
+    retry_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "organization", "key"], name="job_failure_unique"),
+        ]
+        indexes = [models.Index(fields=["job", "resolved_at"], name="job_failure_open")]
+
+    def __str__(self) -> str:
+        state = "resolved" if self.resolved_at else f"failing x{self.consecutive_failures}"
+        return f"{self.job} org={self.organization_id} {self.key} ({state})"

@@ -34,7 +34,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Q, Sum
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -44,9 +44,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from billing.models import Budget
 from billing.selectors import budget_period
 from llmcost_project.api_errors import error_body
+from llmcost_project.db import Sum
 from teams.models import Organization, Team
 
-from .models import DailyRollup, DirtyHour, HourlyRollup
+from .models import DailyRollup, DirtyHour, HourlyRollup, JobFailure
 from .rollups import DAY, HOUR, ceil_to, day_of, hour_of
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ class BusinessSnapshot:
     # BUDGET_LABELS values -> (spend, limit)
     budgets: dict[tuple[str, ...], tuple[Decimal, Decimal]] = field(default_factory=dict)
     pending_hours: int = 0
+    # job -> (failures ever recorded, units failing now): see metrics.failures
+    job_failures: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _top(totals: dict, count: int) -> set:
@@ -224,6 +227,10 @@ def business_snapshot(now: datetime | None = None) -> BusinessSnapshot:
         )
         snapshot.budgets[labels] = (spend, budget.amount_usd)
     snapshot.pending_hours = DirtyHour.objects.count()
+    for job, total, failing in JobFailure.objects.values("job").annotate(
+        total=Sum("total_failures"), failing=Count("id", filter=Q(resolved_at__isnull=True))
+    ).values_list("job", "total", "failing").order_by("job"):
+        snapshot.job_failures[job] = (total or 0, failing)
     return snapshot
 
 
@@ -285,6 +292,17 @@ def business_metric_families(snapshot: BusinessSnapshot) -> Iterator[Metric]:
         "llmcost_rollup_pending_hours", "Hours with events not yet rolled up (business metrics lag them).",
         value=snapshot.pending_hours,
     )
+    failures = CounterMetricFamily(
+        "llmcost_job_failures", "Units of background work (one organization's chunk, budget, alert...) that failed.",
+        labels=("job",),
+    )
+    failing = GaugeMetricFamily(
+        "llmcost_job_units_failing", "Units of background work failing now, waiting for their retry.", labels=("job",)
+    )
+    for job, (total, now_failing) in sorted(snapshot.job_failures.items()):
+        failures.add_metric([job], total)
+        failing.add_metric([job], now_failing)
+    yield from (failures, failing)
     yield GaugeMetricFamily(
         "llmcost_business_metrics_computed_timestamp_seconds", "When the business metrics were computed.",
         value=snapshot.computed_at,

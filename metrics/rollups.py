@@ -32,12 +32,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q
 
 from billing.money import to_units
+from llmcost_project.db import Sum, sqlite_integer
 from teams.models import Organization
 
 from . import sketch
+from .failures import JobRun
 from .models import (
     DailyRollup,
     DailyTeamTotal,
@@ -174,7 +176,10 @@ class _Totals:
             share[2] += to_units(values["cost"] or 0)
 
     def row(self, model_class, **keys) -> Rollup:
-        extra = {"by_model": self.by_model} if self.by_model else {}
+        # A cost share beyond 64 bits is kept as decimal text: SQLite's JSON reads a larger
+        # integer as a float (`_user_model_shares` sums both exactly).
+        by_model = {model: [n, tokens, sqlite_integer(cost)] for model, (n, tokens, cost) in self.by_model.items()}
+        extra = {"by_model": by_model} if by_model else {}
         return model_class(**keys, **self.sums, latency_sketch=sketch.as_json(self.latency), **extra)
 
 
@@ -470,6 +475,7 @@ class RefreshResult:
     hours: int = 0
     days: int = 0
     skipped: int = 0  # held, or already finished, by another run
+    failed: int = 0  # chunks that raised (recorded as JobFailure; their marks stay for a later run)
 
 
 # SQLite has one writer at a time and a waiting writer polls with growing sleeps (up to 100 ms):
@@ -512,26 +518,47 @@ def helpers_wanted() -> int:
     return settings.ROLLUP_WORKERS - 1 if backlog > HOURS_PER_CHUNK else 0
 
 
+ROLLUP_JOB = "rollups"
+
+
 def dirty_rollups_refresh(*, time_budget_seconds: float = 50.0) -> RefreshResult:
-    """Recompute the hours and days dirty when called (newly dirtied ones wait for the next run)."""
+    """Recompute the hours and days dirty when called (newly dirtied ones wait for the next run).
+
+    Failures are isolated per bucket (see `metrics.failures`): a chunk that raises is retried
+    bucket by bucket at once, each bucket that fails alone is recorded against its organization
+    (its mark stays, and it waits for its retry), and everything else goes on.
+    """
     result = RefreshResult()
     deadline = time.monotonic() + time_budget_seconds
-    hour_marks = list(DirtyHour.objects.order_by("hour").values_list("organization_id", "hour"))
-    for organization_id, hours in _chunks(hour_marks, HOURS_PER_CHUNK):
-        if time.monotonic() > deadline:
-            return result
-        done = hours_rollup_refresh(organization_id=organization_id, hours=hours)
-        result.hours += done
-        result.skipped += len(hours) - done
-        _yield_to_other_writers()
-    day_marks = list(DirtyDay.objects.order_by("day").values_list("organization_id", "day"))
-    for organization_id, days in _chunks(day_marks, DAYS_PER_CHUNK):
-        if time.monotonic() > deadline:
-            return result
-        done = days_rollup_refresh(organization_id=organization_id, days=days)
-        result.days += done
-        result.skipped += len(days) - done
-        _yield_to_other_writers()
+    run = JobRun(ROLLUP_JOB)
+    for unit, refresh, marks, size in (
+        ("hour", hours_rollup_refresh, DirtyHour.objects.order_by("hour").values_list("organization_id", "hour"),
+         HOURS_PER_CHUNK),
+        ("day", days_rollup_refresh, DirtyDay.objects.order_by("day").values_list("organization_id", "day"),
+         DAYS_PER_CHUNK),
+    ):  # fmt: skip
+        for organization_id, chunk in _chunks(list(marks), size):
+            if time.monotonic() > deadline:
+                return result
+            keys = {moment: f"{unit} {moment.isoformat()}" for moment in chunk}
+            due = [moment for moment in chunk if run.due(organization_id, keys[moment])]
+            result.skipped += len(chunk) - len(due)
+            # The chunk in one transaction; if it fails, each of its buckets alone.
+            parts = [due] if len(due) == 1 else [due, *([moment] for moment in due)]
+            for part in parts if due else []:
+                with run.unit(organization_id, *(keys[m] for m in part), record=len(part) == 1) as outcome:
+                    done = refresh(organization_id=organization_id, **{f"{unit}s": part})
+                if outcome.ok:
+                    if unit == "hour":
+                        result.hours += done
+                    else:
+                        result.days += done
+                    result.skipped += len(part) - done
+                    if part is due:
+                        break
+                elif len(part) == 1:
+                    result.failed += 1
+            _yield_to_other_writers()
     return result
 
 
@@ -558,19 +585,28 @@ def raw_events_prune(*, chunk_size: int = 5000, time_budget_seconds: float = 300
     cutoff = prune_cutoff()
     deadline = time.monotonic() + time_budget_seconds
     deleted = 0
+    run = JobRun(PRUNE_JOB)
     for organization_id in Organization.objects.order_by("id").values_list("id", flat=True):
+        if not run.due(organization_id):
+            continue
         after = None
         while time.monotonic() < deadline:
-            old = UsageEvent.objects.filter(organization_id=organization_id, timestamp__lt=cutoff)
-            if after is not None:
-                old = old.filter(timestamp__gte=after)
-            oldest = old.order_by("timestamp").values_list("timestamp", flat=True).first()
-            if oldest is None:
+            # One organization's failure (recorded, retried later) leaves the others' pruning alone.
+            with run.unit(organization_id) as outcome:
+                old = UsageEvent.objects.filter(organization_id=organization_id, timestamp__lt=cutoff)
+                if after is not None:
+                    old = old.filter(timestamp__gte=after)
+                oldest = old.order_by("timestamp").values_list("timestamp", flat=True).first()
+                if oldest is not None:
+                    day = day_of(oldest)
+                    deleted += _day_prune(organization_id, day, chunk_size)
+                    after = day + DAY
+            if not outcome.ok or oldest is None:
                 break
-            day = day_of(oldest)
-            deleted += _day_prune(organization_id, day, chunk_size)
-            after = day + DAY
     return deleted
+
+
+PRUNE_JOB = "raw_events_prune"
 
 
 def _day_prune(organization_id: int, day: datetime, chunk_size: int) -> int:

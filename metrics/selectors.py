@@ -20,10 +20,11 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Q, QuerySet, Sum
+from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Q, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 
 from billing.money import from_units
+from llmcost_project.db import Sum
 from teams.access import AccessScope
 
 from . import sketch
@@ -366,14 +367,16 @@ def _user_model_shares(queryset: QuerySet, model_names: list[str]) -> list[dict]
         return []
     sql, params = queryset.values("user_id", "by_model").query.sql_with_params()
     match_params: list[Any]
+    # Sums of integers that cannot overflow (see llmcost_project.db): numeric on PostgreSQL, the
+    # exact aggregate on SQLite (where a cost share beyond 64 bits is kept as decimal text).
     if connection.vendor == "postgresql":
-        share, each = "(m.value->>{})::bigint", "CROSS JOIN LATERAL jsonb_each(s.by_model) AS m"
+        share, total, each = "(m.value->>{})::numeric", "SUM", "CROSS JOIN LATERAL jsonb_each(s.by_model) AS m"
         match, match_params = "m.key = ANY(%s)", [model_names]  # one array parameter
     else:  # SQLite
-        share, each = "json_extract(m.value, '$[{}]')", ", json_each(s.by_model) AS m"
+        share, total, each = "json_extract(m.value, '$[{}]')", "EXACT_SUM", ", json_each(s.by_model) AS m"
         match, match_params = f"m.key IN ({', '.join(['%s'] * len(model_names))})", model_names
     shares_sql = (
-        f"SELECT s.user_id, SUM({share.format(0)}), SUM({share.format(1)}), SUM({share.format(2)}) "  # noqa: S608
+        f"SELECT s.user_id, {total}({share.format(0)}), {total}({share.format(1)}), {total}({share.format(2)}) "  # noqa: S608
         f"FROM ({sql}) AS s {each} WHERE {match} GROUP BY 1"
     )
     with connection.cursor() as cursor:

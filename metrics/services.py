@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import reduce
@@ -27,6 +27,7 @@ from billing.pricing import COST_QUANTUM, event_cost, forget_price_book, normali
 from teams.access import TeamResolver, UnknownTeam
 from teams.models import ApiToken, Team
 
+from .failures import JobRun
 from .models import BatchRun, CacheStat, UsageEvent
 from .rollups import mark_hours_dirty
 from .schemas import BatchRunIn, CacheStatIn, EventIn
@@ -380,16 +381,33 @@ def batch_run_record(*, token: ApiToken, run: BatchRunIn) -> tuple[BatchRun, boo
 REPRICE_FIELDS = ("model", "provider", "prompt_cost", "output_cost", "cost", "is_priced", "price_id")
 
 
+REPRICE_JOB = "reprice"
+
+
+@dataclass
+class RepriceResult:
+    updated: int = 0  # events whose price changed
+    failed_organizations: list[int] = field(default_factory=list)  # recorded as JobFailure; retry these
+
+
 def usage_events_reprice(
-    *, provider: str, model: str, start: datetime, end: datetime | None, chunk_size: int = 2000
-) -> int:
+    *,
+    provider: str,
+    model: str,
+    start: datetime,
+    end: datetime | None,
+    chunk_size: int = 2000,
+    organization_ids: list[int] | None = None,
+) -> RepriceResult:
     """Price again the events a change to (provider, model)'s prices can touch; mark their hours.
 
     The events concerned are those in [start, end) that this model priced before the change or
     that the current prices attribute to it now (a new price or pattern may take over names, a
     deleted one gives them back). They are found by their distinct (name, provider) pairs, so
     events of other models are not read. Events whose cost does not change are left alone: old
-    totals change only where the new price really applies. Returns the number of events updated.
+    totals change only where the new price really applies. Each organization's events are one
+    isolated unit (see `metrics.failures`): one that fails is recorded and returned for a retry,
+    and the others are repriced. `organization_ids` limits the run to those (a retry).
     """
     forget_price_book()
     book = price_book()
@@ -397,19 +415,32 @@ def usage_events_reprice(
     window = UsageEvent.objects.filter(timestamp__gte=start)
     if end is not None:
         window = window.filter(timestamp__lt=end)
-    names = window.values_list("model_requested", "provider", "model", "is_priced").distinct().order_by()
-    pairs = sorted(
-        {
-            (requested, hint)
-            for requested, hint, stored_model, is_priced in names
-            if (is_priced and (hint, stored_model) == key) or book.find(requested, hint or None) == key
-        }
+    if organization_ids is not None:
+        window = window.filter(organization_id__in=organization_ids)
+    names = (
+        window.values_list("organization_id", "model_requested", "provider", "model", "is_priced").distinct().order_by()
     )
-    updated = 0
-    for first in range(0, len(pairs), 50):
-        matching = reduce(or_, (Q(model_requested=n, provider=p) for n, p in pairs[first : first + 50]))
-        updated += _reprice_matching(window.filter(matching), book, chunk_size)
-    return updated
+    pairs: dict[int, set[tuple[str, str]]] = {}
+    for organization_id, requested, hint, stored_model, is_priced in names:
+        if (is_priced and (hint, stored_model) == key) or book.find(requested, hint or None) == key:
+            pairs.setdefault(organization_id, set()).add((requested, hint))
+    result = RepriceResult()
+    run = JobRun(REPRICE_JOB)
+    label = f"{provider}/{model} from {start.isoformat()}" + (f" until {end.isoformat()}" if end else "")
+    for organization_id, names_of_org in sorted(pairs.items()):
+        ordered = sorted(names_of_org)
+        # Chunks commit one by one (repricing again is harmless), so the unit is not one transaction.
+        with run.unit(organization_id, label, atomic=False) as outcome:
+            updated = 0
+            for first in range(0, len(ordered), 50):
+                matching = reduce(or_, (Q(model_requested=n, provider=p) for n, p in ordered[first : first + 50]))
+                events = window.filter(matching, organization_id=organization_id)
+                updated += _reprice_matching(events, book, chunk_size)
+        if outcome.ok:
+            result.updated += updated
+        else:
+            result.failed_organizations.append(organization_id)
+    return result
 
 
 def _reprice_matching(events, book, chunk_size: int) -> int:

@@ -273,10 +273,10 @@ def test_it_reprices_directly_through_the_service_idempotently_and_in_chunks(wor
     updated = usage_events_reprice(provider="testprov", model="test-model", start=EPOCH,
                                    end=priced.effective_from, chunk_size=4)
 
-    assert updated == in_window
+    assert updated.updated == in_window and updated.failed_organizations == []
     assert_every_event_priced_by_the_table()
     assert usage_events_reprice(provider="testprov", model="test-model", start=EPOCH,
-                                end=priced.effective_from) == 0  # nothing changes a second time
+                                end=priced.effective_from).updated == 0  # nothing changes a second time
     assert DirtyHour.objects.count() == len({(e.organization_id, hour_of(e.timestamp)) for e in
                                              UsageEvent.objects.filter(timestamp__lt=priced.effective_from,
                                                                        model="test-model")})
