@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import reduce
+from itertools import zip_longest
 from operator import or_
 from typing import Any
 
@@ -494,19 +495,19 @@ def _yield_to_other_writers() -> None:
 
 
 def _chunks(marks: list[tuple[int, datetime]], size: int) -> list[tuple[int, list[datetime]]]:
-    """Marks (oldest first) grouped per organization into chunks of at most `size` buckets."""
+    """Marks (oldest first) grouped per organization into chunks of at most `size` buckets, taken in
+    turns (every organization's oldest chunk, then every one's next...): one organization's
+    backlog never delays another's newest hours."""
     if connection.vendor != "postgresql":
         size = 1
-    open_chunks: dict[int, list[datetime]] = {}
-    chunks = []
+    per_organization: dict[int, list[list[datetime]]] = {}
     for organization_id, moment in marks:
-        chunk = open_chunks.setdefault(organization_id, [])
-        if not chunk:
-            chunks.append((organization_id, chunk))
-        chunk.append(moment)
-        if len(chunk) >= size:
-            del open_chunks[organization_id]
-    return chunks
+        chunks = per_organization.setdefault(organization_id, [])
+        if not chunks or len(chunks[-1]) >= size:
+            chunks.append([])
+        chunks[-1].append(moment)
+    turns = zip_longest(*([(org, chunk) for chunk in chunks] for org, chunks in per_organization.items()))
+    return [chunk for turn in turns for chunk in turn if chunk is not None]
 
 
 def helpers_wanted() -> int:
