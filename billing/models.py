@@ -1,10 +1,11 @@
 from datetime import UTC, datetime
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from .money import MoneySumField
+from .money import MAX_PRICE_PER_MTOK, MoneySumField
 
 
 def default_thresholds() -> list[int]:
@@ -13,6 +14,7 @@ def default_thresholds() -> list[int]:
 
 # Catalog prices with no start date are in force from the beginning of time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PRICE_BOUNDS = [MinValueValidator(0), MaxValueValidator(MAX_PRICE_PER_MTOK)]
 
 
 class ModelPrice(models.Model):
@@ -30,14 +32,15 @@ class ModelPrice(models.Model):
     provider = models.CharField(max_length=64, db_index=True)
     model = models.CharField(max_length=200, db_index=True, help_text="Canonical model name.")
     match_patterns = models.JSONField(default=list, blank=True)
-    input_per_mtok = models.DecimalField("input $/1M", max_digits=20, decimal_places=10)
-    output_per_mtok = models.DecimalField("output $/1M", max_digits=20, decimal_places=10)
+    # Bounded so that no event's cost can pass what an event's money column holds (see billing.money).
+    input_per_mtok = models.DecimalField("input $/1M", max_digits=20, decimal_places=10, validators=PRICE_BOUNDS)
+    output_per_mtok = models.DecimalField("output $/1M", max_digits=20, decimal_places=10, validators=PRICE_BOUNDS)
     cache_read_per_mtok = models.DecimalField(
-        "cache read $/1M", max_digits=20, decimal_places=10, null=True, blank=True,
+        "cache read $/1M", max_digits=20, decimal_places=10, null=True, blank=True, validators=PRICE_BOUNDS,
         help_text="Empty: cached prompt tokens cost the input price.",
     )
     cache_write_per_mtok = models.DecimalField(
-        "cache write $/1M", max_digits=20, decimal_places=10, null=True, blank=True
+        "cache write $/1M", max_digits=20, decimal_places=10, null=True, blank=True, validators=PRICE_BOUNDS
     )
     effective_from = models.DateTimeField(db_index=True)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.ADMIN)
