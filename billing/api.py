@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from llmcost_project.api_errors import QueryParams
 from teams.authentication import CanIngestOrRead
 
-from .selectors import budget_check
+from .selectors import budget_check, budget_check_for
 
 
 class BudgetCheckQuery(QueryParams):
@@ -33,6 +33,5 @@ class BudgetCheckView(APIView):
             team = scope.teams().filter(alias=alias).first()
         else:
             team = None
-        return Response(
-            budget_check(organization=scope.organization, team=team, user_id=query.validated_data.get("user_id"))
-        )
+        answer = budget_check(organization=scope.organization, team=team, user_id=query.validated_data.get("user_id"))
+        return Response(budget_check_for(scope, answer))

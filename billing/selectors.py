@@ -175,3 +175,19 @@ def _budget_check(*, organization: Organization, team: Team | None, user_id: str
         "user_id": user_id,
         "budgets": [status.as_dict() for status in statuses],
     }
+
+
+WITHHELD_FIGURES = ("spend", "remaining", "percent_used", "projected_spend")
+
+
+def budget_check_for(scope: AccessScope, answer: dict) -> dict:
+    """`answer` as `scope` may read it. Organization budgets bind a team-limited caller (a pinned
+    token) too, so they are listed with their limit, period and whether they allow spending, but
+    their spend (every team's) is withheld: None."""
+    if scope.sees_whole_organization:
+        return answer
+    budgets = [
+        {**budget, **dict.fromkeys(WITHHELD_FIGURES)} if budget["scope"] == "organization" else budget
+        for budget in answer["budgets"]
+    ]
+    return {**answer, "budgets": budgets}

@@ -46,6 +46,12 @@ class AccessScope:
             queryset = queryset.filter(**{f"{team_field}_id__in": self.team_ids})
         return queryset
 
+    @property
+    def sees_whole_organization(self) -> bool:
+        """Organization-wide figures (an organization budget's spend) sum every team's usage:
+        only a principal who sees every team may read them."""
+        return self.team_ids is None
+
     def teams(self) -> QuerySet[Team]:
         teams = Team.objects.filter(organization=self.organization)
         if self.team_ids is not None:

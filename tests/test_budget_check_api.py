@@ -227,6 +227,20 @@ def test_it_answers_a_pinned_token_for_its_own_team_only(world, budgets):
         assert "search" not in response.content.decode()
 
 
+def test_a_pinned_token_is_bound_by_organization_budgets_without_seeing_other_teams_spend(world, budgets):
+    hard_org = new_budget(world.acme, "30", hard=True, name="acme-hard")  # $37 spent across teams
+    body = ok(world.pinned)
+    org = by_name(body)["acme-hard"]
+    assert org["allowed"] is False and body["allowed"] is False  # it binds the pinned team too
+    assert money(org["limit"]) == Decimal(30) and org["period_end"] and org["hard"] is True
+    assert org["spend"] is None and org["remaining"] is None and org["projected_spend"] is None
+    assert org["percent_used"] is None
+    assert money(by_name(body)["chatbot"]["spend"]) == Decimal(29)  # its own team's spend is shown
+    # A token that sees every team reads the organization's spend.
+    assert money(by_name(ok(world.read, team_alias="chatbot"))["acme-hard"]["spend"]) == Decimal(37)
+    hard_org.delete()
+
+
 def test_it_never_shows_acme_budgets_to_globex(world, budgets):
     body = ok(world.globex_token, team_alias="chatbot", user_id="alice@acme.test")
     assert set(by_name(body)) == {"globex", "globex-chatbot"}
