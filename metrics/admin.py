@@ -104,7 +104,7 @@ class JobFailureAdmin(admin.ModelAdmin):
 
     @admin.display(description="last error")
     def short_error(self, failure: JobFailure) -> str:
-        return failure.last_error[:120]
+        return failure.last_error.split("\n", 1)[0][:120]
 
     @admin.action(description="Retry at the next run")
     def retry_now(self, request, queryset):

@@ -12,6 +12,7 @@ does not eat every run's time. A unit that succeeds again is marked resolved.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from .models import JobFailure
 logger = logging.getLogger("llmcost.jobs")
 
 RETRY_PAUSE_MAX = timedelta(minutes=30)
-ERROR_TEXT_MAX = 2000
+ERROR_TEXT_MAX = 8000
 
 
 def retry_pause(consecutive_failures: int) -> timedelta:
@@ -82,12 +83,14 @@ class JobRun:
                 JobFailure.objects.filter(pk__in=resolved).update(resolved_at=datetime.now(UTC), consecutive_failures=0)
 
     def _record_failure(self, organization_id: int, key: str, exc: Exception) -> None:
+        # One line in the log; the traceback goes to the failure's row, where admins read it.
         logger.error(
             "%s failed for organization %s%s: %s: %s", self.job, organization_id, f" ({key})" if key else "",
-            type(exc).__name__, exc, exc_info=exc,
+            type(exc).__name__, exc,
         )  # fmt: skip
         now = datetime.now(UTC)
-        error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX]
+        trace = "".join(traceback.format_exception(exc))
+        error = f"{type(exc).__name__}: {exc}\n\n{trace}"[:ERROR_TEXT_MAX]
         try:
             with transaction.atomic():
                 failure, _ = JobFailure.objects.select_for_update().get_or_create(
