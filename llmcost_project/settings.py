@@ -259,10 +259,16 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 # Repeated failed logins: after AXES_FAILURE_LIMIT failures for one username from one address,
-# that pair is locked out for AXES_COOLOFF_MINUTES.
+# that pair is locked out for AXES_COOLOFF_MINUTES; after LOGIN_IP_FAILURE_LIMIT failures from one
+# address across usernames (a password spray), that address is (teams/login_lockout.py).
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "teams.login_lockout.LoginLockoutHandler"
+LOGIN_IP_FAILURE_LIMIT = env_int("LOGIN_IP_FAILURE_LIMIT", 20, minimum=1)
+# Password reset mails, per hour: to one address, and requests from one client address.
+PASSWORD_RESET_MAILS_PER_ADDRESS = env_int("PASSWORD_RESET_MAILS_PER_ADDRESS", 3, minimum=1)
+PASSWORD_RESET_REQUESTS_PER_IP = env_int("PASSWORD_RESET_REQUESTS_PER_IP", 20, minimum=1)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 SESSION_COOKIE_HTTPONLY = True

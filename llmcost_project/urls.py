@@ -1,22 +1,17 @@
 from django.contrib import admin
-from django.contrib.auth.views import PasswordResetView
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from metrics.prometheus import metrics_view
-from teams.forms import InvitablePasswordResetForm
+from teams.password_reset import ThrottledPasswordResetView
 from teams.web import home
 
 from .health import healthz, readyz
 
 urlpatterns = [
     path("", home, name="home"),
-    # Members added by an admin have no password yet: reset must reach them too.
-    path(
-        "accounts/password_reset/",
-        PasswordResetView.as_view(form_class=InvitablePasswordResetForm),
-        name="password_reset",
-    ),
+    # Members added by an admin have no password yet: reset must reach them too (and is throttled).
+    path("accounts/password_reset/", ThrottledPasswordResetView.as_view(), name="password_reset"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("o/<slug:org_slug>/", include("metrics.web_urls")),
     path("o/<slug:org_slug>/", include("teams.web_urls")),

@@ -137,7 +137,8 @@ class EventBatchView(APIView):
             "rejected": rejected,
             # float() here is what the JSON renderer does to a Decimal, without a callback per item.
             "results": [
-                {"index": r.index, "request_id": r.request_id, "duplicate": r.duplicate, "cost": float(r.cost)}
+                {"index": r.index, "request_id": r.request_id, "duplicate": r.duplicate,
+                 "cost": None if r.cost is None else float(r.cost)}  # None: another team's event
                 for r in recorded
             ],
         }

@@ -24,7 +24,7 @@ from django.db.models import Q
 
 from billing.money import SCALE, MoneyField
 from billing.pricing import COST_QUANTUM, event_cost, forget_price_book, normalise_model_name, price_book
-from teams.access import TeamResolver, UnknownTeam
+from teams.access import TeamResolver, UnknownTeam, scope_for_token
 from teams.models import ApiToken, Team
 
 from .failures import JobRun
@@ -38,9 +38,11 @@ class RecordedEvent:
     index: int
     request_id: str
     duplicate: bool
-    cost: Decimal
-    tokens: int
-    is_priced: bool
+    # What was stored under the id; None for a duplicate of an event the token may not read
+    # (another team's, for a pinned token): the id is taken, its figures are not the caller's.
+    cost: Decimal | None
+    tokens: int | None
+    is_priced: bool | None
     team: Team
 
 
@@ -327,18 +329,20 @@ def usage_events_record(
     }
     duplicates = seen - inserted
     if duplicates or len(kept) > len(rows):  # answer retries with what was stored first
-        stored = UsageEvent.objects.filter(
-            organization_id=token.organization_id,
-            request_id__in=duplicates | {event.request_id for _, event, _, repeated in kept if repeated},
-        )
-        for request_id, *answer in stored.values_list("request_id", "cost", "is_priced", "total_tokens"):
+        looked_up = duplicates | {event.request_id for _, event, _, repeated in kept if repeated}
+        # Only events the token may read answer with their figures; an id stored by a team it cannot
+        # see (or pruned since) is answered as a duplicate without them.
+        readable = scope_for_token(token).filter(UsageEvent.objects.filter(request_id__in=looked_up))
+        for request_id in looked_up:
+            stored_as[request_id] = (None, None, None)
+        for request_id, *answer in readable.values_list("request_id", "cost", "is_priced", "total_tokens"):
             stored_as[request_id] = tuple(answer)
     recorded = [
         RecordedEvent(
             index=index,
             request_id=cast(str, event.request_id),  # validation gives every event one
             duplicate=repeated or event.request_id in duplicates,
-            cost=Decimal(stored_as[event.request_id][0]),
+            cost=None if stored_as[event.request_id][0] is None else Decimal(stored_as[event.request_id][0]),
             is_priced=stored_as[event.request_id][1],
             tokens=stored_as[event.request_id][2],
             team=team,

@@ -12,6 +12,7 @@ from django.test import Client
 
 from billing.services import budget_create
 from teams.models import Membership
+from tests.budget_support import private_cache
 from tests.web_support import client_for, page_settings
 
 LOGIN = "/accounts/login/"
@@ -20,6 +21,7 @@ LOGIN = "/accounts/login/"
 @pytest.fixture(autouse=True)
 def _page_settings(settings):
     page_settings(settings)
+    private_cache(settings)  # password reset counters live in the cache (Redis keeps them between runs)
 
 
 def log_in(client: Client, username: str, password: str, **extra):
