@@ -17,7 +17,8 @@ from axes.helpers import get_client_username
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
 from django.conf import settings
-from django.db.models import Sum
+
+from llmcost_project.db import Sum
 
 
 class LoginLockoutHandler(AxesDatabaseHandler):
