@@ -251,7 +251,11 @@ REQUEST_FILTERS = (
 class RecentRequestsView(APIView):
     permission_classes = [CanRead]
 
-    @extend_schema(parameters=[RecentQuery], responses={200: dict}, summary="The most recent requests, newest first")
+    @extend_schema(
+        parameters=[RecentQuery],
+        responses={200: {"type": "array", "items": {"type": "object", "additionalProperties": {}}}},
+        summary="The most recent requests, newest first",
+    )
     def get(self, request):
         query = RecentQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
