@@ -91,6 +91,7 @@ def _boolean(value: Any) -> Any:
 
 
 NOT_UTF8 = "must be valid Unicode text: a lone surrogate (\\ud800-\\udfff) cannot be stored"
+HAS_NUL = "must not contain NUL (\\u0000) characters"  # PostgreSQL cannot store NUL in text
 
 
 def is_utf8(value: str) -> bool:
@@ -108,18 +109,25 @@ def is_utf8(value: str) -> bool:
 def _text(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if "\x00" in value:  # PostgreSQL cannot store NUL in text
-        raise ValueError("must not contain NUL (\\u0000) characters")
+    if "\x00" in value:
+        raise ValueError(HAS_NUL)
     if not is_utf8(value):
         raise ValueError(NOT_UTF8)
     return value
 
 
 class NestedValueError(ValueError):
-    """A value error inside a structure, its message led by the path to the value ("a.0: ...")."""
+    """A value error inside a structure; its message starts with the path to the value ("a.0: ...")."""
 
-    def __init__(self, path: tuple[str | int, ...], message: str):
-        super().__init__(f"{'.'.join(map(str, path))}: {message}" if path else message)
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()):
+        super().__init__(message)
+        self.message, self.path = message, path
+
+    def within(self, step: str | int) -> NestedValueError:
+        return NestedValueError(self.message, (step, *self.path))
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.path))}: {self.message}" if self.path else self.message
 
 
 _window: tuple[timedelta, timedelta, int] | None = None
@@ -166,35 +174,48 @@ def _metadata(value: Any) -> Any:
     storable text in keys and values. A problem's message starts with its path (`a.0: ...`)."""
     if not isinstance(value, dict):
         return value  # pydantic names the wrong type
-    return _metadata_value(value, ())
+    return _metadata_value(value, 0)
 
 
-def _metadata_value(value: Any, path: tuple[str | int, ...]) -> Any:
-    if len(path) > MAX_METADATA_DEPTH:
-        raise NestedValueError(path[:MAX_METADATA_DEPTH], f"nests deeper than {MAX_METADATA_DEPTH} levels")
+def _storable_text(value: str) -> bool:
+    return "\x00" not in value and is_utf8(value)
+
+
+def _metadata_value(value: Any, depth: int) -> Any:
+    # The path to a bad value is built only while its error unwinds: the usual input pays nothing for it.
+    if depth > MAX_METADATA_DEPTH:
+        raise NestedValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, str):
-        try:
-            return _text(value)
-        except ValueError as exc:
-            raise NestedValueError(path, str(exc)) from None
+        if not _storable_text(value):
+            raise NestedValueError(HAS_NUL if "\x00" in value else NOT_UTF8)
+        return value
     if isinstance(value, dict):
         cleaned = {}
         for key, item in value.items():
-            if not isinstance(key, str) or "\x00" in key or not is_utf8(key):
+            if not isinstance(key, str) or not _storable_text(key):
                 # The key itself cannot be shown in the error: name the object holding it.
-                raise NestedValueError(path, "has a key that is not storable text (NUL or a lone surrogate)")
-            cleaned[key] = _metadata_value(item, (*path, key))
+                raise NestedValueError("has a key that is not storable text (NUL or a lone surrogate)")
+            try:
+                cleaned[key] = _metadata_value(item, depth + 1)
+            except NestedValueError as exc:
+                raise exc.within(key) from None
         return cleaned
     if isinstance(value, list):
-        return [_metadata_value(item, (*path, index)) for index, item in enumerate(value)]
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_metadata_value(item, depth + 1))
+            except NestedValueError as exc:
+                raise exc.within(index) from None
+        return items
     if isinstance(value, Decimal):
         if not value.is_finite() or value.adjusted() > 15:
-            raise NestedValueError(path, "is a number out of range")
+            raise NestedValueError("is a number out of range")
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_MAGNITUDE:
-        raise NestedValueError(path, "is a number out of range")
+        raise NestedValueError("is a number out of range")
     if isinstance(value, float) and not math.isfinite(value):  # from Python callers; JSON has no NaN
-        raise NestedValueError(path, "is a number out of range")
+        raise NestedValueError("is a number out of range")
     return value
 
 
