@@ -2,7 +2,8 @@
 
 1. Whatever JSON a client sends in any field of /api/v1/metrics/track or /api/v1/events (any
    type, huge or tiny numbers, number literals no float holds, lone surrogates, NUL, times
-   outside datetime's years), the answer is 200 or 400, never a 500; a 400 names a field.
+   outside datetime's years), the answer is 200 or 400, never a 500; a 400 names a field. The
+   same for any value in the time fields of a LiteLLM log or an OTLP span.
 2. An event the API accepts reads back from the database equal to what was sent.
 
 Examples are bounded (`max_examples`, `deadline`) so the file runs in seconds; all examples of a
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from metrics.models import UsageEvent
 from metrics.schemas import EventIn
 from tests.conftest import api
+from tests.test_integration_litellm import log as litellm_log
 
 TRACK, EVENTS = "/api/v1/metrics/track", "/api/v1/events"
 EVENT_FIELDS = sorted(EventIn.model_fields)
@@ -145,6 +147,35 @@ def test_arbitrary_json_in_a_batch_is_a_200_or_a_400_and_the_good_events_are_sto
         stored = set(UsageEvent.objects.filter(request_id__in=[e["request_id"] for e in good_events])
                      .values_list("request_id", flat=True))
         assert stored == {e["request_id"] for e in good_events}
+
+
+LITELLM_TIMES = ("startTime", "endTime", "completionStartTime")
+
+
+@pytest.mark.django_db
+@settings(BOUNDED, max_examples=100)
+@given(times=st.fixed_dictionaries({}, optional=dict.fromkeys(LITELLM_TIMES, field_values)))
+def test_any_time_values_in_a_litellm_log_are_a_200_or_a_400(world, times):
+    payload = litellm_log("success", id=str(uuid.uuid4()), **times)
+
+    response = post(world.ingest, "/api/v1/integrations/litellm", [payload])
+
+    assert response.status_code in (200, 400), (response.status_code, response.content[:500])
+
+
+@pytest.mark.django_db
+@settings(BOUNDED, max_examples=100)
+@given(times=st.fixed_dictionaries({}, optional={"startTimeUnixNano": field_values, "endTimeUnixNano": field_values}))
+def test_any_time_values_in_an_otlp_span_are_a_200_or_a_400(world, times):
+    attributes = [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+                  {"key": "gen_ai.request.model", "value": {"stringValue": "test-model"}}]
+    item = {"traceId": uuid.uuid4().hex, "spanId": uuid.uuid4().hex[:16], "name": "chat", "attributes": attributes,
+            **times}
+    body = {"resourceSpans": [{"scopeSpans": [{"spans": [item]}]}]}
+
+    response = post(world.ingest, "/v1/traces", body)
+
+    assert response.status_code in (200, 400), (response.status_code, response.content[:500])
 
 
 # --- valid events read back as sent ---------------------------------------------------------------
