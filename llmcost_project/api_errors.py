@@ -1,5 +1,17 @@
-"""One JSON shape for every API error: {"status": "error", "message": ..., "errors": {field: [...]}}."""
+"""One JSON shape for every API error: {"status": "error", "message": ..., "errors": {field: [...]}}.
 
+Also the parsers of read parameters (`QueryParams` for the API, `QueryForm` for pages): each
+refuses, when its class is defined, a field that would let an unbounded value through, so no
+query-string value reaches a query or date arithmetic out of range (a 400 naming the parameter,
+never a 500).
+"""
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError as FormValidationError
 from django.http import JsonResponse
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
@@ -54,19 +66,97 @@ def json_or_html_400(request, exception=None):
     return bad_request(request, exception)
 
 
+# --- read parameters ------------------------------------------------------------------------------
+
+# The times a read may name: every stored event lies inside (ingest takes 2015 onwards and nothing
+# far ahead), and range arithmetic around them (the previous period, buckets, a day's end) stays
+# far from datetime's year 1 and year 9999.
+EARLIEST_QUERY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_QUERY_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+OUT_OF_RANGE_TIME = "must be between 2000-01-01 and 2100-01-01 (UTC)"
+# The largest cost a filter may name: within the 64-bit column money is stored in (1e-10 USD units).
+MAX_QUERY_COST_USD = 100_000_000
+QUERY_COST_DIGITS, QUERY_COST_PLACES = 19, 10  # 99,999,999.9999999999
+
+
+class QueryMoment(serializers.DateTimeField):
+    """A DateTimeField limited to the times a read may name."""
+
+    default_error_messages = {"out_of_range": OUT_OF_RANGE_TIME}
+
+    def to_internal_value(self, value):
+        moment = super().to_internal_value(value)  # refuses what datetime cannot hold ("overflow")
+        if not EARLIEST_QUERY_TIME <= moment <= LATEST_QUERY_TIME:
+            self.fail("out_of_range")
+        return moment
+
+
+class MomentField(forms.DateTimeField):
+    """A page's DateTimeField limited to the times a read may name."""
+
+    def to_python(self, value):
+        moment = super().to_python(value)
+        if moment is not None and not EARLIEST_QUERY_TIME <= moment <= LATEST_QUERY_TIME:
+            raise FormValidationError(f"The time {OUT_OF_RANGE_TIME}.", code="out_of_range")
+        return moment
+
+
+_BOUNDED_BY_KIND = (serializers.ChoiceField, serializers.BooleanField, forms.ChoiceField, forms.BooleanField,
+                    QueryMoment, MomentField)
+_NUMBERS = (serializers.IntegerField, serializers.DecimalField, serializers.FloatField, forms.IntegerField)
+_TEXT = (serializers.CharField, forms.CharField)
+
+
+def unbounded_fields(fields: Mapping[str, Any]) -> list[str]:
+    """The fields that would let an out-of-range value through: a number without both bounds (or a
+    decimal without max_digits: DRF quantizes before it checks bounds, and 10^30 fails there), text
+    without a maximum length, a time other than `QueryMoment`/`MomentField`, any other kind."""
+    unbounded = []
+    for name, field in fields.items():
+        if isinstance(field, _BOUNDED_BY_KIND):
+            continue
+        if isinstance(field, (serializers.DecimalField, forms.DecimalField)) and field.max_digits is None:
+            unbounded.append(name)
+            continue
+        if isinstance(field, _NUMBERS) and field.min_value is not None and field.max_value is not None:
+            continue  # forms.DecimalField and FloatField are IntegerFields
+        if isinstance(field, _TEXT) and field.max_length is not None:
+            continue
+        unbounded.append(name)
+    return unbounded
+
+
+def _refuse_unbounded(cls: type, fields: Mapping[str, Any]) -> None:
+    unbounded = unbounded_fields(fields)
+    if unbounded:
+        raise TypeError(f"{cls.__name__}: unbounded query parameters {unbounded}; give numbers min_value and "
+                        "max_value, text a max_length, times QueryMoment/MomentField")
+
+
 class QueryParams(serializers.Serializer):
-    """Base for query-string serializers: a parameter sent empty is an error, not an omission.
+    """Base for the API's query-string serializers: every field bounded, and a parameter sent empty
+    is an error, not an omission.
 
     DRF treats `?team_alias=` as if the parameter were absent; for a filter that would silently
     widen the answer (every team instead of none), so it is refused, naming the parameter.
     """
 
-    # Parameters read by something else (a FilterSet) that must not be blank either.
-    other_params: tuple[str, ...] = ()
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _refuse_unbounded(cls, cls._declared_fields)  # set by DRF's metaclass before this runs
 
     def validate(self, attrs):
-        names = [*self.fields, *self.other_params]
-        blank = [key for key in names if key in self.initial_data and not self.initial_data[key].strip()]
+        names: list[str] = list(self.fields.keys())
+        blank = [name for name in names if name in self.initial_data and not self.initial_data[name].strip()]
         if blank:
-            raise serializers.ValidationError({key: ["may not be blank"] for key in blank})
+            raise serializers.ValidationError({name: ["may not be blank"] for name in blank})
         return super().validate(attrs)
+
+
+class QueryForm(forms.Form):
+    """Base for the pages' query-string forms: every field bounded (checked as for `QueryParams`)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Django's metaclass has put this class's own fields here; inherited ones were checked with their class.
+        _refuse_unbounded(cls, cls.declared_fields)

@@ -6,10 +6,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import django_filters
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from pydantic import ValidationError as PydanticError
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, ParseError
@@ -18,7 +17,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.selectors import budget_check
-from llmcost_project.api_errors import QueryParams
+from llmcost_project.api_errors import (
+    MAX_QUERY_COST_USD,
+    QUERY_COST_DIGITS,
+    QUERY_COST_PLACES,
+    QueryMoment,
+    QueryParams,
+)
 from teams.access import UnknownTeam
 from teams.authentication import CanIngest, CanRead
 
@@ -193,8 +198,8 @@ MAX_RANGE_HOURS = 24 * 366
 
 class RangeQuery(QueryParams):
     time_range_hours = serializers.IntegerField(min_value=1, max_value=MAX_RANGE_HOURS, default=24)
-    start = serializers.DateTimeField(required=False)
-    end = serializers.DateTimeField(required=False)
+    start = QueryMoment(required=False)
+    end = QueryMoment(required=False)
     team_alias = serializers.CharField(required=False, max_length=100)
     model_filter = serializers.CharField(required=False, max_length=200)
 
@@ -226,33 +231,36 @@ class DashboardMetricsView(APIView):
         return Response(dashboard_metrics(scope=request.user.scope, filters=_range(request)))
 
 
-class RecentRequestFilter(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=[("success", "success"), ("error", "error")])
-    user_id = django_filters.CharFilter()
-    query_type = django_filters.CharFilter()
-    min_cost = django_filters.NumberFilter(field_name="cost", lookup_expr="gte")
-
-
 class RecentQuery(RangeQuery):
-    other_params = tuple(RecentRequestFilter.base_filters)
     time_range_hours = serializers.IntegerField(min_value=1, max_value=MAX_RANGE_HOURS, default=24 * 30)
     limit = serializers.IntegerField(min_value=1, max_value=1000, default=20)
+    status = serializers.ChoiceField(choices=["success", "error"], required=False)
+    user_id = serializers.CharField(required=False, max_length=255)
+    query_type = serializers.CharField(required=False, max_length=100)
+    min_cost = serializers.DecimalField(
+        required=False, max_digits=QUERY_COST_DIGITS, decimal_places=QUERY_COST_PLACES, min_value=0,
+        max_value=MAX_QUERY_COST_USD,
+    )
+
+
+# Each request filter: (query parameter, the event lookup it selects by).
+REQUEST_FILTERS = (
+    ("status", "status"), ("user_id", "user_id"), ("query_type", "query_type"), ("min_cost", "cost__gte"),
+)
 
 
 class RecentRequestsView(APIView):
     permission_classes = [CanRead]
 
     @extend_schema(
-        parameters=[RecentQuery, OpenApiParameter("status", str), OpenApiParameter("user_id", str),
-                    OpenApiParameter("min_cost", float)],
-        responses={200: dict},
+        parameters=[RecentQuery],
+        responses={200: {"type": "array", "items": {"type": "object", "additionalProperties": {}}}},
         summary="The most recent requests, newest first",
     )
     def get(self, request):
         query = RecentQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        events = scoped_events(scope=request.user.scope, filters=query.validated_data["filters"])
-        filtered = RecentRequestFilter(request.query_params, queryset=events)
-        if not filtered.is_valid():
-            raise ApiValidationError(filtered.errors)
-        return Response(recent_requests(events=filtered.qs, limit=query.validated_data["limit"]))
+        data = query.validated_data
+        events = scoped_events(scope=request.user.scope, filters=data["filters"])
+        events = events.filter(**{lookup: data[name] for name, lookup in REQUEST_FILTERS if name in data})
+        return Response(recent_requests(events=events, limit=data["limit"]))

@@ -8,6 +8,7 @@ parsed with `parse_json_body`, which keeps decimals exact and refuses NaN and In
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -29,7 +30,9 @@ from pydantic import (
 
 MAX_TOKENS = 100_000_000  # no single LLM call uses more; larger values are client bugs
 MAX_LATENCY_MS = 86_400_000.0  # one day
-MAX_COST_USD = Decimal(1_000_000)
+# One event's cost: no single LLM call costs more, and 10^6 such events still sum within 64-bit money.
+MAX_COST_USD = Decimal(10_000)
+MAX_BATCH_COST_USD = Decimal(1_000_000)  # a batch run is many calls
 EARLIEST_TIMESTAMP = datetime(2015, 1, 1, tzinfo=UTC)
 MAX_METADATA_BYTES = 16_384
 
@@ -87,12 +90,44 @@ def _boolean(value: Any) -> Any:
     return value
 
 
+NOT_UTF8 = "must be valid Unicode text: a lone surrogate (\\ud800-\\udfff) cannot be stored"
+HAS_NUL = "must not contain NUL (\\u0000) characters"  # PostgreSQL cannot store NUL in text
+
+
+def is_utf8(value: str) -> bool:
+    """False for text holding a lone surrogate ("\\ud800" in JSON): it has no UTF-8 form, so
+    PostgreSQL refuses it and pages cannot render it. ASCII (the usual case) is checked in one step."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if "\x00" in value:  # PostgreSQL cannot store NUL in text
-        raise ValueError("must not contain NUL (\\u0000) characters")
+    if "\x00" in value:
+        raise ValueError(HAS_NUL)
+    if not is_utf8(value):
+        raise ValueError(NOT_UTF8)
     return value
+
+
+class NestedValueError(ValueError):
+    """A value error inside a structure; its message starts with the path to the value ("a.0: ...")."""
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()):
+        super().__init__(message)
+        self.message, self.path = message, path
+
+    def within(self, step: str | int) -> NestedValueError:
+        return NestedValueError(self.message, (step, *self.path))
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.path))}: {self.message}" if self.path else self.message
 
 
 _window: tuple[timedelta, timedelta, int] | None = None
@@ -118,7 +153,10 @@ def _accepted_window() -> tuple[timedelta, timedelta, int]:
 def _aware_timestamp(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # the seed sends naive UTC times ("2025-12-14 19:37:14")
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # "9999-12-31T23:59:59-01:00" is after year 9999 in UTC
+        raise ValueError("is out of range: send a time between 2015 and now (UTC)") from None
     now = datetime.now(UTC)
     back, ahead, oldest_days = _accepted_window()
     if value < EARLIEST_TIMESTAMP or value < now - back:
@@ -131,22 +169,53 @@ def _aware_timestamp(value: datetime) -> datetime:
 MAX_METADATA_DEPTH = 8
 
 
-def _metadata(value: Any, depth: int = 0) -> Any:
-    """Free-form metadata, bounded: shallow nesting, sane numbers (Decimals become plain numbers)."""
+def _metadata(value: Any) -> Any:
+    """Free-form metadata, bounded: shallow nesting, sane numbers (Decimals become plain numbers),
+    storable text in keys and values. A problem's message starts with its path (`a.0: ...`)."""
+    if not isinstance(value, dict):
+        return value  # pydantic names the wrong type
+    return _metadata_value(value, 0)
+
+
+def _storable_text(value: str) -> bool:
+    return "\x00" not in value and is_utf8(value)
+
+
+def _metadata_value(value: Any, depth: int) -> Any:
+    # The path to a bad value is built only while its error unwinds: the usual input pays nothing for it.
     if depth > MAX_METADATA_DEPTH:
-        raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
-    if isinstance(value, dict):
-        return {_text(key): _metadata(item, depth + 1) for key, item in value.items()}
+        raise NestedValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, str):
-        return _text(value)
+        if not _storable_text(value):
+            raise NestedValueError(HAS_NUL if "\x00" in value else NOT_UTF8)
+        return value
+    if isinstance(value, dict):
+        cleaned = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not _storable_text(key):
+                # The key itself cannot be shown in the error: name the object holding it.
+                raise NestedValueError("has a key that is not storable text (NUL or a lone surrogate)")
+            try:
+                cleaned[key] = _metadata_value(item, depth + 1)
+            except NestedValueError as exc:
+                raise exc.within(key) from None
+        return cleaned
     if isinstance(value, list):
-        return [_metadata(item, depth + 1) for item in value]
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_metadata_value(item, depth + 1))
+            except NestedValueError as exc:
+                raise exc.within(index) from None
+        return items
     if isinstance(value, Decimal):
         if not value.is_finite() or value.adjusted() > 15:
-            raise ValueError("holds a number out of range")
+            raise NestedValueError("is a number out of range")
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_MAGNITUDE:
-        raise ValueError("holds a number out of range")
+        raise NestedValueError("is a number out of range")
+    if isinstance(value, float) and not math.isfinite(value):  # from Python callers; JSON has no NaN
+        raise NestedValueError("is a number out of range")
     return value
 
 
@@ -158,7 +227,8 @@ def _small_json(value: Any) -> Any:
 
 Tokens = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=MAX_TOKENS)]
 Millis = Annotated[float, BeforeValidator(_number), Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
-Usd = Annotated[Decimal, BeforeValidator(_number), Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False)]
+Usd = Annotated[Decimal, BeforeValidator(_number), Field(ge=0, le=int(MAX_COST_USD), allow_inf_nan=False)]
+BatchUsd = Annotated[Decimal, BeforeValidator(_number), Field(ge=0, le=int(MAX_BATCH_COST_USD), allow_inf_nan=False)]
 Flag = Annotated[bool, BeforeValidator(_boolean)]
 
 
@@ -169,7 +239,8 @@ def Text(max_length: int, min_length: int = 0):  # noqa: N802 -- reads as a type
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$"
 Alias = Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=100, pattern=ALIAS_PATTERN)]
 Timestamp = Annotated[datetime, AfterValidator(_aware_timestamp)]
-Metadata = Annotated[dict[str, Any], AfterValidator(_metadata), AfterValidator(_small_json)]
+# Checked before pydantic's dict validation, so a bad key is named by our rule, not echoed back.
+Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata), AfterValidator(_small_json)]
 Tags = Annotated[list[Annotated[str, BeforeValidator(_text), Field(max_length=100)]], Field(max_length=50)]
 
 
@@ -195,6 +266,10 @@ class _EventBase(_Strict):
     def _consistent(self) -> _EventBase:
         if self.cached_tokens > self.prompt_tokens:
             raise ValueError("cached_tokens: must not exceed prompt_tokens")
+        # A larger total is kept (some providers count tokens beyond prompt and output); a smaller
+        # one contradicts the event's own counts.
+        if self.total_tokens is not None and self.total_tokens < self.prompt_tokens + self.output_tokens:
+            raise ValueError("total_tokens: must be at least prompt_tokens + output_tokens")
         if self.total_tokens is None:
             self.total_tokens = self.prompt_tokens + self.output_tokens
         if self.request_id is None:
@@ -254,10 +329,11 @@ class _EventRules(_EventBase):
 # The same fields in pydantic-core's strict types: JSON-typed input (ints for counts, numbers for
 # durations, Decimals for costs, strings without NUL) is checked without calling Python per field.
 # Each accepts a subset of what its `_EventRules` twin accepts, and yields the same value.
+# pydantic-core refuses a lone surrogate itself (`string_unicode`), so such text is judged by the rules.
 _NO_NUL = r"^[^\x00]*$"
 _StrictTokens = Annotated[int, Strict(), Field(ge=0, le=MAX_TOKENS)]
 _StrictMillis = Annotated[float, Strict(), Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
-_StrictUsd = Annotated[Decimal, Strict(), Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False)]
+_StrictUsd = Annotated[Decimal, Strict(), Field(ge=0, le=int(MAX_COST_USD), allow_inf_nan=False)]
 _StrictFlag = Annotated[bool, Strict()]
 
 
@@ -326,7 +402,7 @@ class BatchRunIn(_Strict):
     batch_id: Text(128, 1)
     batch_size: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=1_000_000)]
     total_tokens: Tokens = 0
-    batch_cost: Usd = Decimal(0)
+    batch_cost: BatchUsd = Decimal(0)
     batch_latency_ms: Millis = 0.0
     status: Literal["success", "error", "partial"] = "success"
     team_alias: Alias | None = None
@@ -347,5 +423,7 @@ def field_errors(exc: ValidationError) -> dict[str, list[str]]:
             message = "is not a known field"
         elif error["type"] == "missing":
             message = "is required"
+        elif error["type"] == "string_unicode":
+            message = NOT_UTF8
         errors.setdefault(location, []).append(message)
     return errors

@@ -27,6 +27,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from llmcost_project.api_errors import (
+    MAX_QUERY_COST_USD,
+    QUERY_COST_DIGITS,
+    QUERY_COST_PLACES,
+    MomentField,
+    QueryForm,
+)
 from teams.access import AccessScope
 from teams.web import org_page
 
@@ -72,14 +79,17 @@ REFRESH_SECONDS = 30
 # --- filters ---------------------------------------------------------------------------------------
 
 
-class FilterForm(forms.Form):
+class FilterForm(QueryForm):
     range = forms.ChoiceField(choices=list(RANGE_LABELS.items()), required=False)
-    start = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="From")
-    end = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="To")
+    start = MomentField(required=False, input_formats=DATETIME_FORMATS, label="From")
+    end = MomentField(required=False, input_formats=DATETIME_FORMATS, label="To")
     team = forms.CharField(required=False, max_length=100)
     model = forms.CharField(required=False, max_length=200)
     user = forms.CharField(required=False, max_length=255)
-    min_cost = forms.DecimalField(required=False, min_value=0, max_digits=20, decimal_places=10, label="Min cost")
+    min_cost = forms.DecimalField(
+        required=False, min_value=0, max_value=MAX_QUERY_COST_USD, max_digits=QUERY_COST_DIGITS,
+        decimal_places=QUERY_COST_PLACES, label="Min cost",
+    )
 
     def clean(self):
         data = super().clean() or {}
@@ -116,7 +126,8 @@ class RequestFilterForm(FilterForm):
     sort = forms.ChoiceField(
         choices=[(name, name) for key in REQUEST_SORTS for name in (key, f"-{key}")], required=False
     )
-    page = forms.IntegerField(required=False, min_value=1)
+    # Past MAX_ROWS the page shows no rows but says where the table stops; further pages are not offered.
+    page = forms.IntegerField(required=False, min_value=1, max_value=MAX_ROWS // min(PAGE_SIZES) + 1)
     per_page = forms.TypedChoiceField(
         choices=[(n, n) for n in PAGE_SIZES], coerce=int, required=False, label="Rows per page"
     )

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from metrics.schemas import EventIn, MalformedBody, field_errors, parse_json_body
+from metrics.schemas import NOT_UTF8, EventIn, MalformedBody, field_errors, is_utf8, parse_json_body
 
 MAX_ERROR_MESSAGE = 4000  # EventIn's limit; LiteLLM's error strings can carry whole tracebacks
 MAX_TAGS, MAX_TAG_LENGTH = 50, 100
@@ -259,6 +259,9 @@ def usage_event(log: Any) -> EventIn:
         fields["response_cost"] = log["response_cost"]
 
     team_name = metadata.get("user_api_key_team_alias")
+    if isinstance(team_name, str) and not is_utf8(team_name):
+        # Rewriting would hide it, but the name is kept in metadata as sent: refuse it here, by name.
+        raise LogRejected({"metadata.user_api_key_team_alias": [NOT_UTF8]})
     if isinstance(team_name, str) and team_name.strip():
         # LiteLLM team aliases are display names ("ML Platform"); the logger never retries, so a
         # name our aliases cannot hold becomes one ("ML-Platform") rather than losing the call,
@@ -278,7 +281,8 @@ def usage_event(log: Any) -> EventIn:
     tags = log.get("request_tags")
     if isinstance(tags, list):
         # Tags only label an event: keep the usable ones rather than lose the call's cost over one.
-        kept = [tag[:MAX_TAG_LENGTH] for tag in tags if isinstance(tag, str) and tag.strip() and "\x00" not in tag]
+        kept = [tag[:MAX_TAG_LENGTH] for tag in tags
+                if isinstance(tag, str) and tag.strip() and "\x00" not in tag and is_utf8(tag)]
         if kept:
             fields["tags"] = kept[:MAX_TAGS]
 
