@@ -49,7 +49,7 @@ def json_or_html_500(request):
     # An error raised in a middleware (not a view) reaches only this handler, inside Django's
     # `except` block: a database that is away is still a 503 there.
     error = sys.exc_info()[1]
-    if database_unavailable(error):
+    if error is not None and database_unavailable(error):
         return database_unavailable_response(request, error)
     if _wants_json(request):
         return JsonResponse(error_body("Internal server error."), status=500)
@@ -76,7 +76,7 @@ _PG_UNAVAILABLE_CLASSES = ("08", "53", "57")
 _SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
 
 
-def database_unavailable(exc: BaseException | None) -> bool:
+def database_unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database cannot be reached now (retry later), not that a query is wrong.
 
     InterfaceError is a closed or broken connection. An OperationalError counts only for the causes
@@ -88,7 +88,7 @@ def database_unavailable(exc: BaseException | None) -> bool:
         return False
     cause = exc.__cause__
     if hasattr(cause, "pgcode"):  # psycopg: no SQLSTATE at all means no answer from the server
-        code = cause.pgcode
+        code = getattr(cause, "pgcode", None)
         return code is None or code[:2] in _PG_UNAVAILABLE_CLASSES
     name = getattr(cause, "sqlite_errorname", None)
     if name is not None:

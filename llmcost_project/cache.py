@@ -84,5 +84,5 @@ class FailOpenRedisCache(RedisCache):
     def delete_many(self, keys, version=None) -> None:
         self._call("delete_many", None, super().delete_many, keys, version)
 
-    def clear(self) -> bool:
-        return self._call("clear", False, super().clear)
+    def clear(self) -> None:
+        self._call("clear", None, super().clear)
