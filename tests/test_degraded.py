@@ -132,3 +132,36 @@ def test_with_redis_url_set_the_cache_fails_open(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["FailOpenRedisCache", "miss", "True"]
     assert "redis unreachable" in result.stderr  # logged
+
+
+class DatabaseAwayMiddleware:
+    """Stands for a middleware that reads the database (a session save, say) while it is away: it
+    connects to a PostgreSQL port where nothing listens, through Django's own backend."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from django.db.utils import ConnectionHandler
+
+        away = ConnectionHandler({"default": {"ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1",
+                                              "PORT": free_port(), "NAME": "x", "USER": "x",
+                                              "OPTIONS": {"connect_timeout": 2}}})
+        away["default"].ensure_connection()
+        return self.get_response(request)
+
+
+@pytest.mark.django_db
+def test_a_database_error_in_a_middleware_is_a_503_too(settings):
+    from django.test import Client
+
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE[:2], f"{__name__}.DatabaseAwayMiddleware", *settings.MIDDLEWARE[2:]]
+    client = Client(raise_request_exception=False)
+
+    api_answer = client.get("/api/v1/dashboard/metrics")
+    assert api_answer.status_code == 503 and api_answer["Retry-After"] == "5"
+    assert api_answer.json() == {"status": "error",
+                                 "message": "The database is temporarily unavailable; try again shortly."}
+    page = client.get("/accounts/login/")
+    assert page.status_code == 503 and page["Retry-After"] == "5"
+    assert page["Content-Type"].startswith("text/html") and b"Service unavailable" in page.content
