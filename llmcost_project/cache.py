@@ -28,8 +28,6 @@ from .degraded import degraded
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError)  # BusyLoadingError (a restart loading data) included
 RETRY_SECONDS = 1.0
-
-
 _NOT_FOUND = object()
 
 
