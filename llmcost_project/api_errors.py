@@ -6,16 +6,20 @@ query-string value reaches a query or date arithmetic out of range (a 400 naming
 never a 500).
 """
 
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError as FormValidationError
-from django.http import JsonResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.views import exception_handler
+
+from .degraded import degraded
 
 
 def error_body(message: str, errors: dict | None = None) -> dict:
@@ -53,6 +57,11 @@ def json_or_html_404(request, exception=None):
 def json_or_html_500(request):
     from django.views.defaults import server_error
 
+    # An error raised in a middleware (not a view) reaches only this handler, inside Django's
+    # `except` block: a database that is away is still a 503 there.
+    error = sys.exc_info()[1]
+    if error is not None and database_unavailable(error):
+        return database_unavailable_response(request, error)
     if _wants_json(request):
         return JsonResponse(error_body("Internal server error."), status=500)
     return server_error(request)
@@ -131,6 +140,54 @@ def _refuse_unbounded(cls: type, fields: Mapping[str, Any]) -> None:
     if unbounded:
         raise TypeError(f"{cls.__name__}: unbounded query parameters {unbounded}; give numbers min_value and "
                         "max_value, text a max_length, times QueryMoment/MomentField")
+
+
+# --- the database is away: 503 with Retry-After, never a 500 -------------------------------------
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+# SQLSTATE classes that mean the server is unreachable or refusing work for now: connection
+# exception, insufficient resources (too many connections, disk full), operator intervention
+# (shutting down, starting up, a cancelled statement).
+_PG_UNAVAILABLE_CLASSES = ("08", "53", "57")
+# SQLite result codes (and their extended forms) with the same meaning: busy past the timeout,
+# locked, the file cannot be opened or read.
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached now (retry later), not that a query is wrong.
+
+    InterfaceError is a closed or broken connection. An OperationalError counts only for the causes
+    above: SQLite's "integer overflow" or "no such table" are OperationalErrors too, and are bugs.
+    """
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    cause = exc.__cause__
+    if hasattr(cause, "pgcode"):  # psycopg: no SQLSTATE at all means no answer from the server
+        code = getattr(cause, "pgcode", None)
+        return code is None or code[:2] in _PG_UNAVAILABLE_CLASSES
+    name = getattr(cause, "sqlite_errorname", None)
+    if name is not None:
+        return name.startswith(_SQLITE_UNAVAILABLE)
+    return False
+
+
+def database_unavailable_response(request, error: BaseException) -> HttpResponse:
+    """503 + Retry-After: the error shape for the APIs, a plain page (no template: templates query the
+    database through context processors) elsewhere. Counted and logged (rate-limited)."""
+    degraded("database", "request", error)
+    message = "The database is temporarily unavailable; try again shortly."
+    if _wants_json(request):
+        response: HttpResponse = JsonResponse(error_body(message), status=503)
+    else:
+        response = HttpResponse(
+            f"<!doctype html><title>Service unavailable</title><h1>Service unavailable</h1><p>{message}</p>",
+            status=503, content_type="text/html; charset=utf-8",
+        )
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
 
 
 class QueryParams(serializers.Serializer):

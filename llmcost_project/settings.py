@@ -107,6 +107,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First and last: request counts and latency for /metrics, measured around everything else.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # A view that finds the database away answers 503 + Retry-After, not a 500 (see the module).
+    "llmcost_project.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -197,9 +199,13 @@ REDIS_URL = env_url("REDIS_URL", _redis_url, None)
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's RedisCache, failing open: with Redis away every operation is a counted, logged
+            # miss (the rate limit allows), so ingest, reads and the budget check keep working.
+            "BACKEND": "llmcost_project.cache.FailOpenRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "llmcost"),
+            # Redis answers in well under a millisecond: an unreachable one costs half a second at most.
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
     }
 else:

@@ -7,6 +7,16 @@ request ids, so the server counts it once whatever happened to earlier tries), a
 queue is full the oldest events are dropped and counted: memory stays bounded while the server
 is away, and the newest data survives.
 
+One record the server fails on (HTTP 500 and the like, not 502/503/504: those and connection
+errors mean the server is away, and never cost a record) must not stop the records behind it. A
+batch still answered so after its retries is split in halves, each tried once and split again
+while it fails, down to single events, each then given its retries. An event that still fails is
+a suspect: it is dropped (counted in `stats.failures`, logged with its request id) only once the
+server has shown it stores other records — another part of the same batch, or any record since
+the suspect first failed. Until then it stays at the head of the queue, and what waits behind a
+suspect is sent first. So a poison record is dropped and the queue moves on, while a server that
+fails on everything loses nothing.
+
 After `os.fork()` (gunicorn's pre-fork workers, multiprocessing) the child starts with an empty
 queue and no thread; its thread starts on its first track call. Queued events are the parent's
 to send. At interpreter exit every client still open is closed, which sends what is queued.
@@ -25,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._transport import BATCH_RUN_PATH, CACHE_PATH, EVENTS_PATH, RetryPolicy, SyncTransport
+from ._transport import BATCH_RUN_PATH, CACHE_PATH, EVENTS_PATH, Reply, RetryPolicy, SyncTransport
 from .errors import MetricsClientError, MetricsValidationError
 from .stats import ClientStats
 
@@ -35,6 +45,13 @@ EVENT, CACHE_REPORT, BATCH_RUN = "event", "cache report", "batch run"
 DROP_LOG_INTERVAL = 10.0  # seconds between warnings about a full queue
 GIVE_UP_GRACE = 1.0  # seconds close() still waits for the sender after its time ran out
 MAX_LOST_DETAILS = 1000  # strict mode keeps this many lost records' details for its exception
+# 5xx answers that say the server (or the proxy before it) is away, not that it failed on the records.
+SERVER_AWAY_STATUSES = (502, 503, 504)
+
+
+def failed_on_the_records(reply: Reply) -> bool:
+    """A 5xx from the application itself: it may fail on what was sent, not because it is away."""
+    return reply.status is not None and reply.status >= 500 and reply.status not in SERVER_AWAY_STATUSES
 
 
 @dataclass
@@ -43,6 +60,8 @@ class Item:
     payload: dict[str, Any]
     seq: int = 0
     queued_at: float = 0.0
+    # Set when the server failed on this record alone: how many records it had stored by then.
+    suspect_since: int | None = None
 
     @property
     def label(self) -> str:
@@ -65,6 +84,7 @@ class Outcome:
     abandoned: list[tuple[Item, Lost]] = field(default_factory=list)  # maybe recorded, not safe to repeat
     retry: list[Item] = field(default_factory=list)
     failure: str | None = None
+    suspects: list[tuple[Item, Lost]] = field(default_factory=list)  # failed alone with a 5xx, after retries
 
 
 class BackgroundSender:
@@ -99,6 +119,7 @@ class BackgroundSender:
         self._lost_count = 0
         self._last_failure: str | None = None
         self._failed_rounds = 0
+        self._stored = 0  # records the server stored (or had already) so far: evidence that it works
         self._dropped_since_log = 0
         self._last_drop_log = -math.inf
 
@@ -271,10 +292,16 @@ class BackgroundSender:
             self._wakeup.wait(wait)
 
     def _take_locked(self) -> list[Item]:
+        # Records the server failed on alone, with nothing stored since, wait at the head: send what
+        # waits behind them first, so they cannot block it (and its fate tells about the server).
+        suspects = []
+        while len(self._queue) > 1 and self._queue[0].suspect_since == self._stored:
+            suspects.append(self._queue.popleft())
         batch = [self._queue.popleft()]
         if batch[0].kind == EVENT:
             while self._queue and len(batch) < self.batch_size and self._queue[0].kind == EVENT:
                 batch.append(self._queue.popleft())
+        self._queue.extendleft(reversed(suspects))
         return batch
 
     def _deliver(self, batch: list[Item], deadline: float | None = None) -> Outcome:
@@ -295,6 +322,9 @@ class BackgroundSender:
                 outcome.duplicates += 1
             else:
                 outcome.sent += 1
+        elif repeatable and failed_on_the_records(reply):
+            outcome.suspects.append((item, Lost(item.label, reply.status, reply.message(), {})))
+            outcome.failure = reply.message()
         elif RetryPolicy.may_repeat(reply, repeatable=repeatable):
             outcome.retry.append(item)
             outcome.failure = reply.message()
@@ -305,18 +335,45 @@ class BackgroundSender:
             outcome.rejected.append((item, Lost(item.label, reply.status, reply.message(), reply.field_errors())))
         return outcome
 
-    def _send_events(self, items: list[Item], outcome: Outcome, deadline: float | None = None) -> None:
+    def _post_events(self, items: list[Item], deadline: float | None, *, retries: bool) -> Reply:
+        body = {"events": [item.payload for item in items]}
+        if retries:
+            return self._transport.request("POST", EVENTS_PATH, body=body, stop=self._give_up, deadline=deadline)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        return self._transport.once("POST", EVENTS_PATH, body=body, timeout=remaining)
+
+    def _send_events(self, items: list[Item], outcome: Outcome, deadline: float | None = None, *,
+                     retries: bool = True) -> None:
+        """Send `items` as one batch, splitting it as needed; `retries=False` (halves of a batch the
+        server failed on) tries once, since the whole batch was already retried."""
         if deadline is not None and time.monotonic() >= deadline:  # a split batch's later half, out of time
             outcome.retry.extend(items)
             outcome.failure = outcome.failure or "the time allowed ran out"
             return
-        reply = self._transport.request("POST", EVENTS_PATH, body={"events": [item.payload for item in items]},
-                                        stop=self._give_up, deadline=deadline)
+        reply = self._post_events(items, deadline, retries=retries)
         if reply.status == 413 and len(items) > 1:  # body over the server's limit: halve until it fits
             half = len(items) // 2
-            self._send_events(items[:half], outcome, deadline)
-            self._send_events(items[half:], outcome, deadline)
+            self._send_events(items[:half], outcome, deadline, retries=retries)
+            self._send_events(items[half:], outcome, deadline, retries=retries)
             return
+        if failed_on_the_records(reply) and not (self._give_up.is_set() or self._closed):
+            if outcome.suspects and not (outcome.sent or outcome.duplicates):
+                # A single event failed and nothing was stored yet: the server may be failing on
+                # everything. The rest of the batch is tried once each, not searched, and kept.
+                outcome.retry.extend(items)
+                outcome.failure = reply.message()
+                return
+            if len(items) > 1:  # look for the records it fails on: halve, try each half once
+                half = len(items) // 2
+                self._send_events(items[:half], outcome, deadline, retries=False)
+                self._send_events(items[half:], outcome, deadline, retries=False)
+                return
+            if not retries:  # one event, so far tried once: give it its retries
+                reply = self._post_events(items, deadline, retries=True)
+            if failed_on_the_records(reply):
+                outcome.suspects.append((items[0], Lost(items[0].label, reply.status, reply.message(), {})))
+                outcome.failure = reply.message()
+                return
         if RetryPolicy.may_repeat(reply):
             outcome.retry.extend(items)
             outcome.failure = reply.message()
@@ -349,6 +406,19 @@ class BackgroundSender:
                 outcome.rejected.append((item, lost))
 
     def _settle_locked(self, outcome: Outcome) -> None:
+        self._stored += outcome.sent + outcome.duplicates
+        for item, lost in outcome.suspects:
+            # Dropped only when the server stored other records meanwhile: it fails on this one.
+            stored_since = outcome.sent + outcome.duplicates if item.suspect_since is None else (
+                self._stored - item.suspect_since)
+            if stored_since > 0:
+                lost.message = f"{lost.message}; dropped: the server fails on this record while it stores others"
+                outcome.abandoned.append((item, lost))
+            else:
+                if item.suspect_since is None:
+                    item.suspect_since = self._stored
+                outcome.retry.append(item)
+        outcome.retry.sort(key=lambda item: item.seq)  # the queue stays in order (see _lowest_unsettled)
         self.stats.add(sent=outcome.sent, duplicates=outcome.duplicates, rejected=len(outcome.rejected))
         for item, lost in outcome.rejected:
             logger.warning("metrics_client: %s %s rejected: %s %s", item.kind, lost.label, lost.message,
@@ -370,7 +440,11 @@ class BackgroundSender:
                 self._note_lost_locked([(item, Lost(item.label, None, outcome.failure or "", {}))
                                         for item in outcome.retry])
                 return
+            older = []  # a suspect the batch was taken from behind stays ahead of it
+            while self._queue and self._queue[0].seq < outcome.retry[0].seq:
+                older.append(self._queue.popleft())
             self._queue.extendleft(reversed(outcome.retry))
+            self._queue.extendleft(reversed(older))
             self._drop_overflow_locked()
             pause = self._policy.backoff(self._policy.max_retries)
             self._pause_until = time.monotonic() + pause
@@ -432,12 +506,14 @@ class BackgroundSender:
             return self._lowest_unsettled_locked()
 
     def _lowest_unsettled_locked(self) -> float:
-        # In-flight items are older than queued ones (taken from, and put back at, the head).
+        # Both are in order (taken from, and put back at, the head); a suspect left at the head while
+        # the records behind it are in flight is older than they are.
+        lowest = math.inf
         if self._in_flight:
-            return self._in_flight[0].seq
+            lowest = self._in_flight[0].seq
         if self._queue:
-            return self._queue[0].seq
-        return math.inf
+            lowest = min(lowest, self._queue[0].seq)
+        return lowest
 
 
 def _records(count: int) -> str:

@@ -16,7 +16,8 @@ class ClientStats:
     - dropped: events discarded unsent: the oldest ones when the queue was full, and those still
       queued when `close()` ran out of time
     - retries: requests repeated after a connection error, 429 or 5xx
-    - failures: requests that failed even after their retries (queued events are tried again later)
+    - failures: requests that failed even after their retries (queued events are tried again later),
+      plus records dropped because the server kept failing on them (HTTP 500) while storing others
     """
 
     __slots__ = ("_lock", *COUNTERS)
