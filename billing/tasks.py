@@ -1,37 +1,20 @@
 """Celery tasks for billing: thin wrappers around services, each safe to run twice or concurrently."""
 
-from datetime import datetime
-
 from celery import shared_task
-
-from metrics.failures import retry_pause
-from metrics.services import usage_events_reprice
 
 from . import services
 
-REPRICE_ATTEMPTS = 8  # with growing pauses: about 2 hours before an organization's repricing is given up
+
+@shared_task
+def events_reprice(request_id: int) -> int:
+    """Run a recorded repricing (see `RepriceRequest`); a no-op if another worker holds it or it is done."""
+    return services.reprice_request_run(request_id)
 
 
 @shared_task
-def events_reprice(
-    provider: str, model: str, start: str, end: str | None, organization_ids: list[int] | None = None, attempt: int = 1
-) -> int:
-    """Reprice a price row's window; organizations that failed (recorded as JobFailure) are retried
-    by a later task of their own, so one organization's bad data never holds back the others."""
-    result = usage_events_reprice(
-        provider=provider,
-        model=model,
-        start=datetime.fromisoformat(start),
-        end=datetime.fromisoformat(end) if end else None,
-        organization_ids=organization_ids,
-    )
-    if result.failed_organizations and attempt < REPRICE_ATTEMPTS:
-        events_reprice.apply_async(
-            (provider, model, start, end),
-            {"organization_ids": result.failed_organizations, "attempt": attempt + 1},
-            countdown=retry_pause(attempt).total_seconds(),
-        )
-    return result.updated
+def reprice_requests_sweep() -> int:
+    """Beat, every minute: recorded repricings whose task was lost, and retries of failed organizations."""
+    return services.reprice_requests_sweep()
 
 
 @shared_task

@@ -366,6 +366,9 @@ CELERY_BEAT_SCHEDULE = {
     # `expires`: if no worker runs for a while, stale runs are dropped rather than piling up.
     "rollups-refresh": {"task": "metrics.tasks.rollups_refresh", "schedule": 60.0, "options": {"expires": 55}},
     "budgets-evaluate": {"task": "billing.tasks.budgets_evaluate", "schedule": 60.0, "options": {"expires": 55}},
+    "reprice-requests-sweep": {
+        "task": "billing.tasks.reprice_requests_sweep", "schedule": 60.0, "options": {"expires": 55},
+    },
     "raw-events-prune": {"task": "metrics.tasks.raw_events_prune", "schedule": 3600.0, "options": {"expires": 3000}},
 }
 # Budget spend is cached this long per budget for budget checks and ingest answers.

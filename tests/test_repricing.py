@@ -15,8 +15,11 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from billing.models import EPOCH, ModelPrice
+from billing.models import EPOCH, ModelPrice, RepriceRequest
+from billing.services import REPRICE_CLAIM_TIMEOUT, reprice_requests_sweep
+from billing.tasks import events_reprice
 from metrics.models import DirtyHour, UsageEvent
 from metrics.rollups import dirty_rollups_refresh
 from metrics.services import usage_events_reprice
@@ -285,3 +288,46 @@ def test_it_reprices_directly_through_the_service_idempotently_and_in_chunks(wor
     assert no_dirty_marks()
     assert_rollups_equal_raw()
     assert_dashboards_equal_raw(world, "service, after refresh")
+
+
+def test_a_price_saved_while_the_queue_is_unreachable_is_repriced_by_the_sweep(
+        world, priced, monkeypatch, django_capture_on_commit_callbacks):
+    # The broker down when the admin saves (Redis away): queueing raises, as kombu does then.
+    def unreachable(*args, **kwargs):
+        raise KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(events_reprice, "delay", unreachable)
+    epoch_row = ModelPrice.objects.get(model="test-model", effective_from=EPOCH)
+    early = UsageEvent.objects.filter(request_id__startswith="early-").first()
+    old_cost = early.cost
+
+    admin_post(admin_client(), f"/admin/billing/modelprice/{epoch_row.pk}/change/",
+               form_data(epoch_row, input_per_mtok="4", output_per_mtok="16", cache_read_per_mtok="1.5"),
+               django_capture_on_commit_callbacks)
+
+    early.refresh_from_db()
+    assert early.cost == old_cost  # the price is saved, its events not yet repriced...
+    [request] = RepriceRequest.objects.all()  # ...but the work is recorded
+    assert (request.provider, request.model, request.start, request.end) == (
+        "testprov", "test-model", EPOCH, priced.effective_from)
+
+    assert reprice_requests_sweep() > 0  # beat's sweep, a minute later
+    assert_every_event_priced_by_the_table()
+    assert not RepriceRequest.objects.exists()
+    assert reprice_requests_sweep() == 0
+    dirty_rollups_refresh()
+    assert_rollups_equal_raw()
+
+
+def test_a_claimed_repricing_is_left_to_its_worker_until_the_claim_times_out(world, priced):
+    epoch_row = ModelPrice.objects.get(model="test-model", effective_from=EPOCH)
+    ModelPrice.objects.filter(pk=epoch_row.pk).update(input_per_mtok=Decimal(4))
+    now = datetime.now(UTC)
+    request = RepriceRequest.objects.create(provider="testprov", model="test-model", start=EPOCH,
+                                            end=priced.effective_from, claimed_at=now)
+
+    assert reprice_requests_sweep(now=now) == 0  # a live worker holds it
+    assert RepriceRequest.objects.filter(pk=request.pk).exists()
+    assert reprice_requests_sweep(now=now + REPRICE_CLAIM_TIMEOUT + timedelta(seconds=1)) > 0  # it died
+    assert_every_event_priced_by_the_table()
+    assert not RepriceRequest.objects.exists()

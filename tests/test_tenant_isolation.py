@@ -21,9 +21,8 @@ from django.core import mail
 import billing.services
 import metrics.rollups
 import metrics.services
-from billing.models import BudgetAlert
-from billing.services import budget_create, budgets_evaluate
-from billing.tasks import REPRICE_ATTEMPTS, events_reprice
+from billing.models import EPOCH, BudgetAlert, ModelPrice, RepriceRequest
+from billing.services import budget_create, budgets_evaluate, reprice_after_change, reprice_requests_sweep
 from llmcost_project.db import INT64_MAX, Sum
 from metrics.models import DailyTeamTotal, DirtyHour, HourlyTeamTotal, JobFailure, UsageEvent
 from metrics.prometheus import business_snapshot
@@ -265,7 +264,9 @@ def test_an_alert_that_cannot_be_built_is_recorded_and_the_others_are_sent(world
     assert JobFailure.objects.get().job == "budget_alert_send"
 
 
-def test_repricing_goes_on_for_other_organizations_and_retries_the_failing_one(world, monkeypatch):
+def test_repricing_goes_on_for_other_organizations_and_retries_the_failing_one(
+    world, monkeypatch, django_capture_on_commit_callbacks
+):
     for token in (world.ingest, world.globex_token):
         _ingest(token, team_alias="chatbot", prompt_tokens=1000, output_tokens=0)  # $0.002 each
     repriced = metrics.services._repriced
@@ -276,14 +277,23 @@ def test_repricing_goes_on_for_other_organizations_and_retries_the_failing_one(w
         return repriced(stored, book)
 
     monkeypatch.setattr(metrics.services, "_repriced", failing)
-    from billing.models import ModelPrice
-
-    ModelPrice.objects.filter(model="test-model").update(input_per_mtok=Decimal(4))
-    events_reprice("testprov", "test-model", datetime(2015, 1, 1, tzinfo=UTC).isoformat(), None)
+    with django_capture_on_commit_callbacks(execute=True):
+        ModelPrice.objects.filter(model="test-model").update(input_per_mtok=Decimal(4))
+        reprice_after_change(provider="testprov", model="test-model", effective_from=EPOCH)
 
     assert UsageEvent.objects.get(organization=world.globex).cost == Decimal("0.004")
     assert UsageEvent.objects.get(organization=world.acme).cost == Decimal("0.002")
     [failure] = JobFailure.objects.all()
     assert (failure.job, failure.organization_id) == ("reprice", world.acme.pk)
-    # Retried by tasks of its own (run at once here, Celery being eager), then given up.
-    assert failure.total_failures == REPRICE_ATTEMPTS
+    [request] = RepriceRequest.objects.all()  # what is left to do, for a later run
+    assert request.organization_ids == [world.acme.pk] and request.attempts == 1
+    assert request.not_before > datetime.now(UTC) and request.claimed_at is None
+    assert reprice_requests_sweep() == 0  # not due yet
+
+    monkeypatch.undo()
+    RepriceRequest.objects.update(not_before=datetime.now(UTC) - timedelta(seconds=1))
+    assert reprice_requests_sweep() == 1
+    assert UsageEvent.objects.get(organization=world.acme).cost == Decimal("0.004")
+    assert not RepriceRequest.objects.exists()
+    failure.refresh_from_db()
+    assert failure.resolved_at is not None
