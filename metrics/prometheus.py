@@ -131,7 +131,10 @@ def budget_spends(now: datetime) -> list[tuple[Budget, Decimal]]:
     budgets = list(Budget.objects.filter(is_active=True).select_related("organization", "team").order_by("id"))
     windows: dict[tuple, list[Budget]] = defaultdict(list)
     for budget in budgets:
-        windows[(budget.organization_id, *budget_period(budget, now))].append(budget)
+        try:
+            windows[(budget.organization_id, *budget_period(budget, now))].append(budget)
+        except Exception:  # one organization's bad setting (say, its time zone) costs only its own gauges
+            logger.exception("budget %s left out of /metrics", budget.pk)
     spends = []
     for (organization_id, start, end), group in windows.items():
         per_team = None

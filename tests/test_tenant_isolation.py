@@ -27,6 +27,7 @@ from llmcost_project.db import INT64_MAX, Sum
 from metrics.models import DailyTeamTotal, DirtyHour, HourlyTeamTotal, JobFailure, UsageEvent
 from metrics.prometheus import business_snapshot
 from metrics.rollups import dirty_rollups_refresh, mark_hours_dirty
+from teams.models import Organization
 from tests.budget_support import fast_passwords, private_cache
 from tests.conftest import api, event
 from tests.rollup_support import assert_rollups_equal_raw, no_dirty_marks
@@ -297,3 +298,22 @@ def test_repricing_goes_on_for_other_organizations_and_retries_the_failing_one(
     assert not RepriceRequest.objects.exists()
     failure.refresh_from_db()
     assert failure.resolved_at is not None
+
+
+def test_an_organization_with_a_broken_setting_costs_only_its_own_budgets(world):
+    # A time zone no longer known (written before validation, or removed from tzdata).
+    Organization.objects.filter(pk=world.acme.pk).update(time_zone="Mars/Olympus_Mons")
+    broken = budget_create(organization=world.acme, team=world.chatbot, amount_usd=Decimal(1), period="daily")
+    world.acme.refresh_from_db()
+    budget = budget_create(organization=world.globex, team=world.globex_chatbot, amount_usd=Decimal("0.01"),
+                           period="daily")  # fmt: skip
+    _ingest(world.globex_token, team_alias="chatbot", prompt_tokens=2500, output_tokens=0)  # 50 %
+
+    budgets_evaluate()
+
+    assert BudgetAlert.objects.get(budget=budget).sent_at is not None
+    [failure] = JobFailure.objects.all()
+    assert (failure.job, failure.key) == ("budget_evaluate", f"budget {broken.pk}")
+    assert "Mars/Olympus_Mons" in failure.last_error
+    snapshot = business_snapshot()  # /metrics still carries every other budget
+    assert [labels[2] for labels in snapshot.budgets] == [str(budget.pk)]
