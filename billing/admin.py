@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Budget, BudgetAlert, ModelPrice, RepriceRequest
+from .models import Budget, BudgetAlert, ModelPrice
 from .services import reprice_after_change
 
 
@@ -56,16 +56,3 @@ class BudgetAlertAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # alerts are created by evaluation only, once per threshold and period
 
-
-@admin.register(RepriceRequest)
-class RepriceRequestAdmin(admin.ModelAdmin):
-    """Price changes whose events are still being repriced (written by saving a price; deleted when done)."""
-
-    list_display = ("provider", "model", "start", "end", "organization_ids", "attempts", "not_before", "claimed_at")
-    readonly_fields = list_display
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False

@@ -15,16 +15,16 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from metrics.failures import JobRun, retry_pause
+from metrics.failures import JobRun
 from metrics.models import UsageEvent
 from metrics.selectors import EventFilter, top_usage
-from metrics.services import usage_events_reprice
 from teams.access import AccessScope
 from teams.models import Membership, Role
 
-from .models import EPOCH, Budget, BudgetAlert, ModelPrice, RepriceRequest, default_thresholds
+from .models import EPOCH, Budget, BudgetAlert, ModelPrice, default_thresholds
 from .pricing import forget_price_book
 from .selectors import BudgetStatus, budget_period, budget_spend, budget_status
+from .signals import price_changed
 
 logger = logging.getLogger(__name__)
 
@@ -155,75 +155,17 @@ def price_catalog_sync() -> SyncResult:
 
 
 def reprice_after_change(*, provider: str, model: str, effective_from) -> None:
-    """Record (in this transaction) that the events in the window this price row governs, or
-    governed, must be repriced; after commit, queue the repricing. If it cannot be queued, or the
-    queue loses it, `reprice_requests_sweep` runs it from the recorded request."""
-    from .tasks import events_reprice
-
+    """Announce (in this transaction) that the events in the window this price row governs, or
+    governed, may cost something else now; metrics reprices them (see `metrics.repricing`)."""
     end = (
         ModelPrice.objects.filter(provider=provider, model=model, effective_from__gt=effective_from)
         .order_by("effective_from")
         .values_list("effective_from", flat=True)
         .first()
     )
-    request = RepriceRequest.objects.create(provider=provider, model=model, start=effective_from, end=end)
-
-    forget_price_book()  # this process prices its next event with the change
-
-    def enqueue() -> None:
-        forget_price_book()  # ...and not with a book reloaded before the change committed
-        try:
-            events_reprice.delay(request.pk)
-        except Exception as exc:  # the price and the request are saved: the periodic sweep runs it
-            logger.warning("Could not queue repricing of %s/%s from %s (%s); the sweep will run it",
-                           provider, model, effective_from, exc)  # fmt: skip
-
-    transaction.on_commit(enqueue)
-
-
-# A claimed request not finished within the task time limit belonged to a worker that died.
-REPRICE_CLAIM_TIMEOUT = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-
-
-def reprice_request_run(request_id: int, *, now: datetime | None = None) -> int:
-    """Run one recorded repricing if it is due and no live worker holds it; returns events updated.
-
-    Organizations whose repricing failed (recorded as JobFailure) stay in the request and are
-    retried after a growing pause (never given up: a price must end up applied); when none is left,
-    the request is deleted.
-    """
-    now = now or datetime.now(UTC)
-    claimed = (
-        RepriceRequest.objects.filter(pk=request_id, not_before__lte=now)
-        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - REPRICE_CLAIM_TIMEOUT))
-        .update(claimed_at=now)
-    )
-    if claimed != 1:
-        return 0
-    request = RepriceRequest.objects.get(pk=request_id)
-    result = usage_events_reprice(
-        provider=request.provider, model=request.model, start=request.start, end=request.end,
-        organization_ids=request.organization_ids,
-    )  # fmt: skip
-    if result.failed_organizations:
-        RepriceRequest.objects.filter(pk=request_id).update(
-            organization_ids=result.failed_organizations,
-            attempts=F("attempts") + 1,
-            not_before=datetime.now(UTC) + retry_pause(request.attempts + 1),
-            claimed_at=None,
-        )
-    else:
-        RepriceRequest.objects.filter(pk=request_id).delete()
-    return result.updated
-
-
-def reprice_requests_sweep(*, now: datetime | None = None) -> int:
-    """Beat: run every recorded repricing that is due and unclaimed (its task lost, or a retry)."""
-    now = now or datetime.now(UTC)
-    due = RepriceRequest.objects.filter(not_before__lte=now).filter(
-        Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - REPRICE_CLAIM_TIMEOUT)
-    )
-    return sum(reprice_request_run(pk, now=now) for pk in due.order_by("id").values_list("id", flat=True))
+    forget_price_book()  # this process prices its next event with the change...
+    transaction.on_commit(forget_price_book)  # ...and not with a book reloaded before the commit
+    price_changed.send(sender=ModelPrice, provider=provider, model=model, start=effective_from, end=end)
 
 
 # --- budgets ------------------------------------------------------------------------------------

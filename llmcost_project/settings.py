@@ -367,7 +367,7 @@ CELERY_BEAT_SCHEDULE = {
     "rollups-refresh": {"task": "metrics.tasks.rollups_refresh", "schedule": 60.0, "options": {"expires": 55}},
     "budgets-evaluate": {"task": "billing.tasks.budgets_evaluate", "schedule": 60.0, "options": {"expires": 55}},
     "reprice-requests-sweep": {
-        "task": "billing.tasks.reprice_requests_sweep", "schedule": 60.0, "options": {"expires": 55},
+        "task": "metrics.tasks.reprice_requests_sweep", "schedule": 60.0, "options": {"expires": 55},
     },
     "raw-events-prune": {"task": "metrics.tasks.raw_events_prune", "schedule": 3600.0, "options": {"expires": 3000}},
 }

@@ -3,7 +3,7 @@ from django.core.paginator import Paginator
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from .models import BatchRun, CacheStat, JobFailure, UsageEvent
+from .models import BatchRun, CacheStat, JobFailure, RepriceRequest, UsageEvent
 
 
 class CappedCountPaginator(Paginator):
@@ -116,3 +116,17 @@ class JobFailureAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # the action above is the one change an admin makes
+
+
+@admin.register(RepriceRequest)
+class RepriceRequestAdmin(admin.ModelAdmin):
+    """Price changes whose events are still being repriced (written by saving a price; deleted when done)."""
+
+    list_display = ("provider", "model", "start", "end", "organization_ids", "attempts", "not_before", "claimed_at")
+    readonly_fields = list_display
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -294,3 +294,28 @@ class JobFailure(models.Model):
     def __str__(self) -> str:
         state = "resolved" if self.resolved_at else f"failing x{self.consecutive_failures}"
         return f"{self.job} org={self.organization_id} {self.key} ({state})"
+
+
+class RepriceRequest(models.Model):
+    """Events that a price change may have re-priced and that still wait for it.
+
+    Written in the transaction that changes the price and deleted once every organization's events
+    in the window are repriced, so the work lives in the database, not only in the task queue: a
+    repricing lost with the queue (Redis restarted, the broker unreachable when the price was saved,
+    a worker killed) is found again by the periodic sweep.
+    """
+
+    provider = models.CharField(max_length=64)
+    model = models.CharField(max_length=200)
+    start = models.DateTimeField()
+    end = models.DateTimeField(null=True, blank=True)
+    organization_ids = models.JSONField(
+        null=True, blank=True, help_text="Only these organizations' events are left to reprice (null: all)."
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    not_before = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"reprice {self.provider}/{self.model} from {self.start:%Y-%m-%d %H:%M}"

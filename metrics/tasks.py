@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import rollups
+from . import repricing, rollups
 
 
 @shared_task
@@ -20,3 +20,15 @@ def rollups_refresh(*, share: bool = True) -> dict:
 @shared_task
 def raw_events_prune() -> int:
     return rollups.raw_events_prune()
+
+
+@shared_task
+def events_reprice(request_id: int) -> int:
+    """Run a recorded repricing (a RepriceRequest); a no-op if another worker holds it or it is done."""
+    return repricing.reprice_request_run(request_id)
+
+
+@shared_task
+def reprice_requests_sweep() -> int:
+    """Beat, every minute: recorded repricings whose task was lost, and retries of failed organizations."""
+    return repricing.reprice_requests_sweep()

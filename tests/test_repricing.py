@@ -1,8 +1,8 @@
 """A price saved in the Django admin reprices the events in that price's window, and the rollups follow.
 
-The admin queues `events_reprice` after commit; here Celery runs eagerly (in-process) and the commit
-callbacks are executed, so each test sees exactly what a worker would do. Every event's expected cost is
-computed from the price table in Python: the row for its model in force at its timestamp, or unpriced.
+The admin's save records a reprice request and queues `events_reprice` after commit; here Celery runs
+eagerly (in-process) and the commit callbacks are executed, so each test sees exactly what a worker
+would do. Every event's expected cost is computed from the price table in Python: the row for its model in force at its timestamp, or unpriced.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from billing.models import EPOCH, ModelPrice, RepriceRequest
-from billing.services import REPRICE_CLAIM_TIMEOUT, reprice_requests_sweep
-from billing.tasks import events_reprice
-from metrics.models import DirtyHour, UsageEvent
+from billing.models import EPOCH, ModelPrice
+from metrics.models import DirtyHour, RepriceRequest, UsageEvent
+from metrics.repricing import REPRICE_CLAIM_TIMEOUT, reprice_requests_sweep
 from metrics.rollups import dirty_rollups_refresh
 from metrics.services import usage_events_reprice
+from metrics.tasks import events_reprice
 from tests.conftest import make_price
 from tests.rollup_support import (
     DAY,

@@ -21,11 +21,12 @@ from django.core import mail
 import billing.services
 import metrics.rollups
 import metrics.services
-from billing.models import EPOCH, BudgetAlert, ModelPrice, RepriceRequest
-from billing.services import budget_create, budgets_evaluate, reprice_after_change, reprice_requests_sweep
+from billing.models import EPOCH, BudgetAlert, ModelPrice
+from billing.services import budget_create, budgets_evaluate, reprice_after_change
 from llmcost_project.db import INT64_MAX, Sum
-from metrics.models import DailyTeamTotal, DirtyHour, HourlyTeamTotal, JobFailure, UsageEvent
+from metrics.models import DailyTeamTotal, DirtyHour, HourlyTeamTotal, JobFailure, RepriceRequest, UsageEvent
 from metrics.prometheus import business_snapshot
+from metrics.repricing import reprice_requests_sweep
 from metrics.rollups import dirty_rollups_refresh, mark_hours_dirty
 from teams.models import Organization
 from tests.budget_support import fast_passwords, private_cache

@@ -1,0 +1,81 @@
+"""Repricing stored events when a price changes: recorded in the database, run by Celery.
+
+The pricing part of billing announces a change (`billing.signals.price_changed`) inside the
+transaction that makes it; `price_change_record` writes a `RepriceRequest` in that same
+transaction and queues its task after the commit. The request is deleted once every
+organization's events in the window are repriced, so the work never lives only in the queue: a
+task that could not be queued (the broker away) or was lost with it (Redis restarted, a worker
+killed) is run by `reprice_requests_sweep`, every minute. An organization whose repricing fails
+(recorded as a JobFailure) stays in the request and is retried after a growing pause, never
+given up: a price must end up applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.dispatch import receiver
+
+from billing.signals import price_changed
+
+from .failures import retry_pause
+from .models import RepriceRequest
+from .services import usage_events_reprice
+
+logger = logging.getLogger(__name__)
+
+# A claimed request not finished within the task time limit belonged to a worker that died.
+REPRICE_CLAIM_TIMEOUT = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+
+
+@receiver(price_changed)
+def price_change_record(*, provider: str, model: str, start: datetime, end: datetime | None, **kwargs) -> None:
+    from .tasks import events_reprice  # tasks import this module
+
+    request = RepriceRequest.objects.create(provider=provider, model=model, start=start, end=end)
+
+    def enqueue() -> None:
+        try:
+            events_reprice.delay(request.pk)
+        except Exception as exc:  # the request is saved: the sweep runs it
+            logger.warning("Could not queue repricing of %s/%s from %s (%s); the sweep will run it",
+                           provider, model, start, exc)  # fmt: skip
+
+    transaction.on_commit(enqueue)
+
+
+def _claimable(now: datetime) -> Q:
+    return Q(not_before__lte=now) & (Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - REPRICE_CLAIM_TIMEOUT))
+
+
+def reprice_request_run(request_id: int, *, now: datetime | None = None) -> int:
+    """Run one recorded repricing if it is due and no live worker holds it; returns events updated."""
+    now = now or datetime.now(UTC)
+    if RepriceRequest.objects.filter(_claimable(now), pk=request_id).update(claimed_at=now) != 1:
+        return 0
+    request = RepriceRequest.objects.get(pk=request_id)
+    result = usage_events_reprice(
+        provider=request.provider, model=request.model, start=request.start, end=request.end,
+        organization_ids=request.organization_ids,
+    )  # fmt: skip
+    if result.failed_organizations:
+        RepriceRequest.objects.filter(pk=request_id).update(
+            organization_ids=result.failed_organizations,
+            attempts=F("attempts") + 1,
+            not_before=datetime.now(UTC) + retry_pause(request.attempts + 1),
+            claimed_at=None,
+        )
+    else:
+        RepriceRequest.objects.filter(pk=request_id).delete()
+    return result.updated
+
+
+def reprice_requests_sweep(*, now: datetime | None = None) -> int:
+    """Run every recorded repricing that is due and unclaimed (its task lost, or a retry)."""
+    now = now or datetime.now(UTC)
+    due = RepriceRequest.objects.filter(_claimable(now)).order_by("id").values_list("id", flat=True)
+    return sum(reprice_request_run(pk, now=now) for pk in due)
