@@ -2,7 +2,8 @@
 
 The admin's save records a reprice request and queues `events_reprice` after commit; here Celery runs
 eagerly (in-process) and the commit callbacks are executed, so each test sees exactly what a worker
-would do. Every event's expected cost is computed from the price table in Python: the row for its model in force at its timestamp, or unpriced.
+would do. Every event's expected cost is computed from the price table in Python: the row for its model
+in force at its timestamp, or unpriced.
 """
 
 from __future__ import annotations
