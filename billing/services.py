@@ -16,7 +16,6 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from metrics.failures import JobRun
-from metrics.models import UsageEvent
 from metrics.selectors import EventFilter, top_usage
 from teams.access import AccessScope
 from teams.models import Membership, Role
@@ -148,9 +147,8 @@ def price_catalog_sync() -> SyncResult:
     ModelPrice.objects.bulk_update(to_update, [*PRICE_FIELDS, "updated_at"], batch_size=500)
     result.created, result.updated = len(to_create), len(to_update)
     transaction.on_commit(forget_price_book)
-    if UsageEvent.objects.exists():  # a fresh install has nothing to reprice
-        for row in [*to_create, *to_update]:
-            reprice_after_change(provider=row.provider, model=row.model, effective_from=row.effective_from)
+    for row in [*to_create, *to_update]:
+        reprice_after_change(provider=row.provider, model=row.model, effective_from=row.effective_from)
     return result
 
 

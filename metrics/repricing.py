@@ -23,7 +23,7 @@ from django.dispatch import receiver
 from billing.signals import price_changed
 
 from .failures import retry_pause
-from .models import RepriceRequest
+from .models import RepriceRequest, UsageEvent
 from .services import usage_events_reprice
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ REPRICE_CLAIM_TIMEOUT = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
 def price_change_record(*, provider: str, model: str, start: datetime, end: datetime | None, **kwargs) -> None:
     from .tasks import events_reprice  # tasks import this module
 
+    if not UsageEvent.objects.exists():  # a fresh install (sync_prices' first run) has nothing to reprice
+        return
     request = RepriceRequest.objects.create(provider=provider, model=model, start=start, end=end)
 
     def enqueue() -> None:
