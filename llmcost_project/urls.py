@@ -1,5 +1,10 @@
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
+from django.utils.cache import patch_cache_control
+from django.views.decorators.http import require_safe
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from metrics.prometheus import metrics_view
@@ -7,6 +12,16 @@ from teams.password_reset import ThrottledPasswordResetView
 from teams.web import home
 
 from .health import healthz, readyz
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page links (and for the JSON API too): send them to
+    the icon in our static files, under its collected (hashed) name. Not permanent, as that name
+    changes with the icon; cached for a day."""
+    response = redirect(static("favicon.ico"))
+    patch_cache_control(response, max_age=24 * 3600)
+    return response
 
 urlpatterns = [
     path("", home, name="home"),
@@ -22,6 +37,7 @@ urlpatterns = [
     path("", include("metrics.integrations.urls")),  # LiteLLM logs; OTLP traces at /v1/traces
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("favicon.ico", favicon, name="favicon"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="prometheus-metrics"),
