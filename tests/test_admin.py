@@ -13,7 +13,7 @@ from django.test import Client
 
 from billing.models import Budget, BudgetAlert, ModelPrice
 from billing.services import budget_create
-from metrics.models import BatchRun, CacheStat, UsageEvent
+from metrics.models import BatchRun, CacheStat, JobFailure, RepriceRequest, UsageEvent
 from teams.access import authenticate_token
 from teams.models import ApiToken, Membership, Organization, Team
 from tests.budget_support import costing, ingest
@@ -30,6 +30,8 @@ MODELS = {
     "metrics/usageevent": UsageEvent,
     "metrics/cachestat": CacheStat,
     "metrics/batchrun": BatchRun,
+    "metrics/jobfailure": JobFailure,
+    "metrics/repricerequest": RepriceRequest,
 }
 
 
@@ -47,6 +49,9 @@ def everything(world):
                                spend_usd=1, limit_usd=2)
     CacheStat.objects.create(organization=world.acme, team=world.chatbot, cache_hit=3, cache_miss=1)
     BatchRun.objects.create(organization=world.acme, team=world.chatbot, batch_id="b-1", batch_size=4)
+    JobFailure.objects.create(job="rollups", organization=world.acme, key="hour 2026-01-01T00:00:00+00:00",
+                              consecutive_failures=1, total_failures=1, last_error="RuntimeError: boom\n\nTraceback")
+    RepriceRequest.objects.create(provider="testprov", model="test-model", start=datetime(2026, 1, 1, tzinfo=UTC))
     return world
 
 
@@ -194,6 +199,8 @@ def test_it_lists_every_model_in_a_number_of_queries_that_does_not_grow_with_row
                                    spend_usd=1, limit_usd=1)
         CacheStat.objects.create(organization=world.acme, team=team)
         BatchRun.objects.create(organization=world.acme, team=team, batch_id=f"extra-{i}", batch_size=1)
+        JobFailure.objects.create(job="rollups", organization=world.acme, key=f"extra-{i}")
+        RepriceRequest.objects.create(provider="p", model=f"extra-{i}", start=datetime(2026, 1, 1, tzinfo=UTC))
         ingest(world.ingest, costing("0.5", team_alias=f"extra-{i}"))
     assert measure() == before
 
@@ -215,3 +222,19 @@ def test_it_keeps_a_tokens_team_within_its_organization(world, superuser):
     assert response.status_code == 200 and "Pick a team of the token" in response.content.decode()
     token.refresh_from_db()
     assert token.organization == world.acme and token.team is None and token.name == "both"
+
+
+def test_it_shows_failing_background_work_and_retries_it_at_the_next_run(everything, superuser):
+    client = admin_client(superuser)
+    failure = JobFailure.objects.get()
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    JobFailure.objects.update(retry_at=later)
+
+    page = client.get("/admin/metrics/jobfailure/?state=failing").content.decode()
+    assert "rollups" in page and "hour 2026-01-01" in page and "RuntimeError: boom" in page
+    response = client.post("/admin/metrics/jobfailure/", {"action": "retry_now", "_selected_action": [failure.pk]})
+
+    assert response.status_code == 302
+    failure.refresh_from_db()
+    assert failure.retry_at < later
+    assert client.get("/admin/metrics/jobfailure/?state=resolved").content.decode().count("hour 2026-01-01") == 0
