@@ -21,9 +21,8 @@ from teams.access import AccessScope
 from teams.models import Membership, Role
 
 from .models import EPOCH, Budget, BudgetAlert, ModelPrice, default_thresholds
-from .pricing import forget_price_book
+from .pricing import forget_price_book, price_changed
 from .selectors import BudgetStatus, budget_period, budget_spend, budget_status
-from .signals import price_changed
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Repricing stored events when a price changes: recorded in the database, run by Celery.
 
-The pricing part of billing announces a change (`billing.signals.price_changed`) inside the
+The pricing part of billing announces a change (`billing.pricing.price_changed`) inside the
 transaction that makes it; `price_change_record` writes a `RepriceRequest` in that same
 transaction and queues its task after the commit. The request is deleted once every
 organization's events in the window are repriced, so the work never lives only in the queue: a
@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.dispatch import receiver
 
-from billing.signals import price_changed
+from billing.pricing import price_changed
 
 from .failures import retry_pause
 from .models import RepriceRequest, UsageEvent
