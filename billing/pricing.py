@@ -71,6 +71,7 @@ class Price:
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal
+    cache_write_per_mtok: Decimal
     effective_from: datetime
 
 
@@ -81,10 +82,18 @@ class EventCost:
     total: Decimal
 
 
-def event_cost(price: Price, *, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> EventCost:
-    """Uncached prompt × input + cached prompt × cache-read + output × output, in USD."""
+def event_cost(
+    price: Price, *, prompt_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0
+) -> EventCost:
+    """Prompt tokens read from the cache × cache-read, written to it × cache-write, the rest × input;
+    output × output; in USD. `prompt_tokens` is the whole input (cache reads and writes included)."""
     cached = min(cached_tokens, prompt_tokens)
-    prompt = ((prompt_tokens - cached) * price.input_per_mtok + cached * price.cache_read_per_mtok) / MILLION
+    written = min(cache_write_tokens, prompt_tokens - cached)
+    prompt = (
+        (prompt_tokens - cached - written) * price.input_per_mtok
+        + cached * price.cache_read_per_mtok
+        + written * price.cache_write_per_mtok
+    ) / MILLION
     output = output_tokens * price.output_per_mtok / MILLION
     prompt = prompt.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
     output = output.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
@@ -206,12 +215,14 @@ _loaded_at = 0.0
 def load_price_book() -> PriceBook:
     rows = ModelPrice.objects.values_list(
         "id", "provider", "model", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
-        "effective_from", "match_patterns",
+        "cache_write_per_mtok", "effective_from", "match_patterns",
     )
     prices, patterns = [], {}
-    for pk, provider, model, input_p, output_p, cache_read, start, match in rows:
+    for pk, provider, model, input_p, output_p, cache_read, cache_write, start, match in rows:
+        # A price without cache prices bills cached and cache-writing prompt tokens as input.
         cache_read = input_p if cache_read is None else cache_read
-        prices.append(Price(pk, provider, model, input_p, output_p, cache_read, start))
+        cache_write = input_p if cache_write is None else cache_write
+        prices.append(Price(pk, provider, model, input_p, output_p, cache_read, cache_write, start))
         patterns[(provider, model)] = list(match or [])
     return PriceBook(prices, patterns)
 

@@ -27,6 +27,7 @@ class UsageEvent(models.Model):
     output_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0, help_text="Prompt tokens read from the provider's cache.")
+    cache_write_tokens = models.BigIntegerField(default=0, help_text="Prompt tokens written to the provider's cache.")
 
     prompt_cost = MoneyField(default=0)
     output_cost = MoneyField(default=0)
@@ -145,6 +146,7 @@ class RollupSums(models.Model):
     prompt_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cost = MoneySumField(default=0)
     errors = models.BigIntegerField(default=0)

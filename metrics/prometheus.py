@@ -60,6 +60,7 @@ USAGE_COLUMNS = (
     "requests",
     "prompt_tokens",
     "cached_tokens",
+    "cache_write_tokens",
     "output_tokens",
     "cost",
     "errors",
@@ -257,7 +258,8 @@ def business_metric_families(snapshot: BusinessSnapshot) -> Iterator[Metric]:
     # prompt tokens are not counted again as prompt tokens.
     tokens = CounterMetricFamily(
         "llmcost_tokens",
-        "Tokens by kind: prompt_uncached + prompt_cached = prompt tokens; output. Kinds do not overlap.",
+        "Tokens by kind: prompt_uncached + prompt_cached + prompt_cache_write = prompt tokens; output. "
+        "Kinds do not overlap.",
         labels=(*USAGE_LABELS, "kind"),
     )
     latency = SummaryMetricFamily(
@@ -270,8 +272,10 @@ def business_metric_families(snapshot: BusinessSnapshot) -> Iterator[Metric]:
         errors.add_metric(values, sums["errors"])
         cache_hits.add_metric(values, sums["cache_hits"])
         unpriced.add_metric(values, sums["unpriced"])
-        tokens.add_metric([*values, "prompt_uncached"], sums["prompt_tokens"] - sums["cached_tokens"])
+        uncached = sums["prompt_tokens"] - sums["cached_tokens"] - sums["cache_write_tokens"]
+        tokens.add_metric([*values, "prompt_uncached"], uncached)
         tokens.add_metric([*values, "prompt_cached"], sums["cached_tokens"])
+        tokens.add_metric([*values, "prompt_cache_write"], sums["cache_write_tokens"])
         tokens.add_metric([*values, "output"], sums["output_tokens"])
         latency.add_metric(values, sums["requests"], float(sums["latency_sum_ms"]) / 1000)
     yield from (cost, requests, errors, cache_hits, unpriced, tokens, latency)

@@ -59,6 +59,7 @@ SUM_FIELDS = (
     "prompt_tokens",
     "output_tokens",
     "cached_tokens",
+    "cache_write_tokens",
     "total_tokens",
     "cost",
     "errors",
@@ -224,6 +225,7 @@ def _event_groups(organization_id: int, start: datetime, end: datetime):
             prompt_tokens=Sum("prompt_tokens"),
             output_tokens=Sum("output_tokens"),
             cached_tokens=Sum("cached_tokens"),
+            cache_write_tokens=Sum("cache_write_tokens"),
             total_tokens=Sum("total_tokens"),
             cost=Sum("cost"),
             errors=Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
@@ -337,7 +339,8 @@ _KEY_COLUMNS = "organization_id, start, team_id, model, user_id, query_type, is_
 
 
 _EVENT_SUMS = """count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(output_tokens) AS output_tokens,
-    sum(cached_tokens) AS cached_tokens, sum(total_tokens) AS total_tokens, sum(cost) AS cost,
+    sum(cached_tokens) AS cached_tokens, sum(cache_write_tokens) AS cache_write_tokens,
+    sum(total_tokens) AS total_tokens, sum(cost) AS cost,
     count(*) FILTER (WHERE is_error) AS errors, count(*) FILTER (WHERE cache_hit) AS cache_hits,
     count(*) FILTER (WHERE NOT is_priced) AS unpriced, sum(latency_ms) AS latency_sum_ms,
     coalesce(sum(time_to_first_token_ms), 0) AS ttft_sum_ms, count(time_to_first_token_ms) AS ttft_count"""
@@ -397,7 +400,7 @@ def _insert_sql(organization_id: int, starts: list[datetime], unit: str) -> None
                    {"e.query_type, e.user_id," if daily else ""}
                    CASE WHEN e.latency_ms <= 0 THEN %(zero)s ELSE CEIL(LN(e.latency_ms) / %(gamma)s)::integer END
                        AS bucket,
-                   e.prompt_tokens, e.output_tokens, e.cached_tokens, e.total_tokens, e.cost,
+                   e.prompt_tokens, e.output_tokens, e.cached_tokens, e.cache_write_tokens, e.total_tokens, e.cost,
                    e.status = %(error)s AS is_error, e.cache_hit, e.is_priced, e.latency_ms, e.time_to_first_token_ms
             FROM {events} e WHERE {where}
         ),

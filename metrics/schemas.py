@@ -256,6 +256,7 @@ class _EventBase(_Strict):
         output_tokens: int
         total_tokens: int | None
         cached_tokens: int
+        cache_write_tokens: int
         request_id: str | None
         timestamp: datetime | None
         response_cost: Decimal | None
@@ -266,6 +267,9 @@ class _EventBase(_Strict):
     def _consistent(self) -> _EventBase:
         if self.cached_tokens > self.prompt_tokens:
             raise ValueError("cached_tokens: must not exceed prompt_tokens")
+        if self.cached_tokens + self.cache_write_tokens > self.prompt_tokens:
+            # prompt_tokens is the whole input: cache reads and cache writes are parts of it.
+            raise ValueError("cache_write_tokens: cached_tokens + cache_write_tokens must not exceed prompt_tokens")
         # A larger total is kept (some providers count tokens beyond prompt and output); a smaller
         # one contradicts the event's own counts.
         if self.total_tokens is not None and self.total_tokens < self.prompt_tokens + self.output_tokens:
@@ -301,6 +305,7 @@ class _EventRules(_EventBase):
     output_tokens: Tokens = 0
     total_tokens: Tokens | None = None
     cached_tokens: Tokens = 0
+    cache_write_tokens: Tokens = 0
     latency_ms: Millis = 0.0
     time_to_first_token_ms: Millis | None = None
     cache_hit: Flag = False
@@ -357,6 +362,7 @@ class EventIn(_EventBase):
     output_tokens: _StrictTokens = 0
     total_tokens: _StrictTokens | None = None
     cached_tokens: _StrictTokens = 0
+    cache_write_tokens: _StrictTokens = 0
     latency_ms: _StrictMillis = 0.0
     time_to_first_token_ms: _StrictMillis | None = None
     cache_hit: _StrictFlag = False

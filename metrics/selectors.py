@@ -469,6 +469,7 @@ RECENT_FIELDS = (
     "output_tokens",
     "total_tokens",
     "cached_tokens",
+    "cache_write_tokens",
     "prompt_cost",
     "output_cost",
     "cost",
@@ -549,6 +550,7 @@ _RAW_PANEL_SUMS = {
     "prompt_tokens": Sum("prompt_tokens"),
     "output_tokens": Sum("output_tokens"),
     "cached_tokens": Sum("cached_tokens"),
+    "cache_write_tokens": Sum("cache_write_tokens"),
     "ttft_sum_ms": Sum("time_to_first_token_ms"),
     "ttft_count": Count("time_to_first_token_ms"),
 }

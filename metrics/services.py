@@ -55,10 +55,10 @@ class RejectedEvent:
 # The columns ingest writes, in the order rows are built; `_EventWriter` checks it against the model.
 EVENT_COLUMNS = (
     "organization_id", "team_id", "request_id", "timestamp", "received_at", "model", "model_requested",
-    "provider", "prompt_tokens", "output_tokens", "total_tokens", "cached_tokens", "prompt_cost",
-    "output_cost", "cost", "client_cost", "is_priced", "price_id", "latency_ms", "time_to_first_token_ms",
-    "cache_hit", "cache_similarity_score", "is_batched", "batch_id", "batch_size", "user_id", "end_user",
-    "query_type", "status", "error_message", "metadata", "tags",
+    "provider", "prompt_tokens", "output_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+    "prompt_cost", "output_cost", "cost", "client_cost", "is_priced", "price_id", "latency_ms",
+    "time_to_first_token_ms", "cache_hit", "cache_similarity_score", "is_batched", "batch_id", "batch_size",
+    "user_id", "end_user", "query_type", "status", "error_message", "metadata", "tags",
 )
 _REQUEST_ID, _TIMESTAMP, _COST, _IS_PRICED, _TOTAL_TOKENS = (
     EVENT_COLUMNS.index(name) for name in ("request_id", "timestamp", "cost", "is_priced", "total_tokens")
@@ -81,6 +81,7 @@ def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_a
             price,
             prompt_tokens=event.prompt_tokens,
             cached_tokens=event.cached_tokens,
+            cache_write_tokens=event.cache_write_tokens,
             output_tokens=event.output_tokens,
         )
         prompt_cost, output_cost, total = cost.prompt_cost, cost.output_cost, cost.total
@@ -104,6 +105,7 @@ def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_a
         event.output_tokens,
         event.total_tokens,
         event.cached_tokens,
+        event.cache_write_tokens,
         prompt_cost,
         output_cost,
         total,
@@ -202,9 +204,9 @@ def _copy_line(row: tuple, received_at: str) -> str:
     """One row in COPY's text format: tab-separated, \\N for NULL, backslash escapes in text."""
     (
         organization_id, team_id, request_id, timestamp, _, model, model_requested, provider,
-        prompt_tokens, output_tokens, total_tokens, cached_tokens, prompt_cost, output_cost, cost, client_cost,
-        is_priced, price_id, latency_ms, time_to_first_token_ms, cache_hit, cache_similarity_score, is_batched,
-        batch_id, batch_size, user_id, end_user, query_type, status, error_message, metadata, tags,
+        prompt_tokens, output_tokens, total_tokens, cached_tokens, cache_write_tokens, prompt_cost, output_cost, cost,
+        client_cost, is_priced, price_id, latency_ms, time_to_first_token_ms, cache_hit, cache_similarity_score,
+        is_batched, batch_id, batch_size, user_id, end_user, query_type, status, error_message, metadata, tags,
     ) = row  # fmt: skip
     metadata = json.dumps(metadata) if metadata else "{}"
     tags = json.dumps(tags) if tags else "[]"
@@ -221,7 +223,7 @@ def _copy_line(row: tuple, received_at: str) -> str:
     return (
         f"{organization_id}\t{team_id}\t{request_id}\t{timestamp.isoformat()}\t{received_at}\t{model}\t"
         f"{model_requested}\t{provider}\t{prompt_tokens}\t{output_tokens}\t{total_tokens}\t{cached_tokens}\t"
-        f"{_units(prompt_cost)}\t{_units(output_cost)}\t{_units(cost)}\t"
+        f"{cache_write_tokens}\t{_units(prompt_cost)}\t{_units(output_cost)}\t{_units(cost)}\t"
         f"{_NULL if client_cost is None else _units(client_cost)}\t{is_priced}\t"
         f"{_NULL if price_id is None else price_id}\t{latency_ms!r}\t"
         f"{_NULL if time_to_first_token_ms is None else repr(time_to_first_token_ms)}\t{cache_hit}\t"
@@ -488,6 +490,7 @@ def _repriced(event: UsageEvent, book) -> bool:
             price,
             prompt_tokens=event.prompt_tokens,
             cached_tokens=event.cached_tokens,
+            cache_write_tokens=event.cache_write_tokens,
             output_tokens=event.output_tokens,
         )
         new = {

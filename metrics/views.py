@@ -625,6 +625,7 @@ CSV_FIELDS = (  # (header, values() name)
     ("prompt_tokens", "prompt_tokens"),
     ("output_tokens", "output_tokens"),
     ("cached_tokens", "cached_tokens"),
+    ("cache_write_tokens", "cache_write_tokens"),
     ("total_tokens", "total_tokens"),
     ("prompt_cost_usd", "prompt_cost"),
     ("output_cost_usd", "output_cost"),

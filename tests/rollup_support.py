@@ -27,11 +27,11 @@ DAY = timedelta(days=1)
 
 EVENT_FIELDS = (
     "organization_id", "team_id", "timestamp", "model", "user_id", "prompt_tokens", "output_tokens",
-    "cached_tokens", "total_tokens", "cost", "status", "cache_hit", "is_priced", "latency_ms",
+    "cached_tokens", "cache_write_tokens", "total_tokens", "cost", "status", "cache_hit", "is_priced", "latency_ms",
     "time_to_first_token_ms", "query_type",
 )
-INT_FIELDS = ("requests", "prompt_tokens", "output_tokens", "cached_tokens", "total_tokens", "errors",
-              "cache_hits", "unpriced", "ttft_count")
+INT_FIELDS = ("requests", "prompt_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "total_tokens",
+              "errors", "cache_hits", "unpriced", "ttft_count")
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -80,6 +80,8 @@ def random_event(rng: random.Random, *, moment: datetime, request_id: str, teams
     query_type = rng.choice(("chat", "rag", None))
     if query_type is not None:
         body["query_type"] = query_type
+    if rng.random() < 0.25:  # prompt tokens written to the provider's cache: part of the prompt
+        body["cache_write_tokens"] = rng.randint(0, prompt - body["cached_tokens"])
     return body
 
 
@@ -252,7 +254,7 @@ def expected_rollups(bucket_of, organization_ids=None, *, daily: bool = True) ->
         for key in keys:
             r = rows[key]
             r["requests"] += 1
-            for name in ("prompt_tokens", "output_tokens", "cached_tokens", "total_tokens"):
+            for name in ("prompt_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "total_tokens"):
                 r[name] += e[name]
             r["cost"] += e["cost"]
             r["errors"] += e["status"] == "error"

@@ -100,11 +100,11 @@ def test_it_reads_anthropic_cache_reads_from_the_usage_object(world):
     assert response.status_code == 200, response.content
     event = stored("msg_01XFDUDYJgAACzvnptvVoYEL")
     assert (event.prompt_tokens, event.cached_tokens, event.output_tokens) == (4000, 3000, 250)
-    # (4000 − 3000) × 2/M + 3000 × 0.5/M + 250 × 8/M
+    assert event.cache_write_tokens == 200  # usage_object.cache_creation_input_tokens
+    # (4000 − 3000 − 200) × 2/M + 3000 × 0.5/M + 200 × 2/M (no cache-write price: the input's) + 250 × 8/M
     assert event.cost == Decimal("0.0055")
     assert event.provider == "testprov"
     assert event.end_user == "customer-99"  # from the key's end user when the log has none
-    assert event.metadata["cache_creation_input_tokens"] == 200
     assert event.team.is_default  # the log names no team
 
 

@@ -36,10 +36,12 @@ def track(token: str, **overrides):
     return response.status_code, data, row
 
 
-def price(input: str, output: str, cache_read: str | None = None, *, key=("p", "m"), start=EPOCH, pk=1) -> Price:
+def price(input: str, output: str, cache_read: str | None = None, *, key=("p", "m"), start=EPOCH, pk=1,
+          cache_write: str | None = None) -> Price:
     return Price(
         id=pk, provider=key[0], model=key[1], input_per_mtok=Decimal(input), output_per_mtok=Decimal(output),
-        cache_read_per_mtok=Decimal(cache_read if cache_read is not None else input), effective_from=start,
+        cache_read_per_mtok=Decimal(cache_read if cache_read is not None else input),
+        cache_write_per_mtok=Decimal(cache_write if cache_write is not None else input), effective_from=start,
     )
 
 

@@ -85,6 +85,7 @@ def raw_usage() -> dict[tuple[str, str, str], dict]:
         s["cost"] += e["cost"]
         s["prompt_tokens"] += e["prompt_tokens"]
         s["cached_tokens"] += e["cached_tokens"]
+        s["cache_write_tokens"] += e["cache_write_tokens"]
         s["output_tokens"] += e["output_tokens"]
         s["errors"] += e["status"] == "error"
         s["cache_hits"] += e["cache_hit"]
@@ -124,8 +125,10 @@ def test_it_exports_cost_tokens_requests_errors_and_latency_equal_to_the_raw_eve
         assert series(parsed, "llmcost_cache_hits_total")[key] == want["cache_hits"]
         assert series(parsed, "llmcost_unpriced_requests_total")[key] == want["unpriced"]
         tokens = series(parsed, "llmcost_tokens_total")
-        assert tokens[key | {("kind", "prompt_uncached")}] == want["prompt_tokens"] - want["cached_tokens"]
+        uncached = want["prompt_tokens"] - want["cached_tokens"] - want["cache_write_tokens"]
+        assert tokens[key | {("kind", "prompt_uncached")}] == uncached
         assert tokens[key | {("kind", "prompt_cached")}] == want["cached_tokens"]
+        assert tokens[key | {("kind", "prompt_cache_write")}] == want["cache_write_tokens"]
         assert tokens[key | {("kind", "output")}] == want["output_tokens"]
         assert series(parsed, "llmcost_llm_latency_seconds_count")[key] == want["requests"]
         assert math.isclose(series(parsed, "llmcost_llm_latency_seconds_sum")[key], want["latency_ms"] / 1000,

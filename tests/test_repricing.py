@@ -71,9 +71,10 @@ def expected_cost(event: UsageEvent, series=SERIES) -> tuple[bool, Decimal]:
         return False, event.client_cost or Decimal(0)
     price = rows[-1]
     cache_read = price.input_per_mtok if price.cache_read_per_mtok is None else price.cache_read_per_mtok
-    cached = min(event.cached_tokens, event.prompt_tokens)
-    cost = ((event.prompt_tokens - cached) * price.input_per_mtok + cached * cache_read
-            + event.output_tokens * price.output_per_mtok) / MILLION
+    cache_write = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+    cached, written = event.cached_tokens, event.cache_write_tokens
+    cost = ((event.prompt_tokens - cached - written) * price.input_per_mtok + cached * cache_read
+            + written * cache_write + event.output_tokens * price.output_per_mtok) / MILLION
     return True, cost
 
 

@@ -10,6 +10,7 @@ body's shape decides too) or one object per request (`single`). Each object beco
 | model, provider | `model`, `custom_llm_provider` |
 | prompt_tokens, output_tokens, total_tokens | `prompt_tokens`, `completion_tokens`, `total_tokens` |
 | cached_tokens | `metadata.usage_object.prompt_tokens_details.cached_tokens` or `.cache_read_input_tokens` |
+| cache_write_tokens | `metadata.usage_object.cache_creation_input_tokens` |
 | timestamp | `startTime` (epoch seconds) |
 | latency_ms | `endTime − startTime` |
 | time_to_first_token_ms | `completionStartTime − startTime`, when the first chunk came before the end |
@@ -60,6 +61,7 @@ SOURCE_FIELDS = {
     "output_tokens": "completion_tokens",
     "total_tokens": "total_tokens",
     "cached_tokens": "metadata.usage_object.prompt_tokens_details.cached_tokens",
+    "cache_write_tokens": "metadata.usage_object.cache_creation_input_tokens",
     "timestamp": "startTime",
     "latency_ms": "endTime",
     "time_to_first_token_ms": "completionStartTime",
@@ -187,6 +189,10 @@ def _cached_tokens(usage: dict[str, Any]) -> tuple[Any, str | None]:
     return max(numbers, key=lambda pair: pair[0])
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def usage_event(log: Any) -> EventIn:
     """One LiteLLM StandardLoggingPayload as a validated usage event, or `LogRejected`."""
     if isinstance(log, MalformedBody):
@@ -245,8 +251,16 @@ def usage_event(log: Any) -> EventIn:
                 fields[field] = log[source]
         if cached:
             fields["cached_tokens"] = cached
-    if usage.get("cache_creation_input_tokens"):
-        extra["cache_creation_input_tokens"] = usage["cache_creation_input_tokens"]
+        written = usage.get("cache_creation_input_tokens")
+        if written:
+            fields["cache_write_tokens"] = written
+            prompt = fields.get("prompt_tokens")
+            # Our prompt_tokens is the whole input; LiteLLM versions that leave cache writes out of
+            # theirs (Anthropic's input_tokens does) are told apart by the parts exceeding the whole.
+            if _whole(prompt) and _whole(written) and _whole(cached) and cached + written > prompt:
+                fields["prompt_tokens"] = prompt + written
+                if _whole(fields.get("total_tokens")):
+                    fields["total_tokens"] += written
 
     if fields["status"] == "error":
         information = _mapping(log.get("error_information"))

@@ -14,6 +14,7 @@ ignored: an agent span's usage repeats that of the model calls inside it.
 | prompt_tokens | `gen_ai.usage.input_tokens` (includes cached tokens), else `gen_ai.usage.prompt_tokens` |
 | output_tokens | `gen_ai.usage.output_tokens`, else `gen_ai.usage.completion_tokens` |
 | cached_tokens | `gen_ai.usage.cache_read.input_tokens` |
+| cache_write_tokens | `gen_ai.usage.cache_creation.input_tokens` |
 | timestamp, latency_ms | span start; end − start |
 | status, error_message | span status ERROR (or an `error.type` attribute) → `error`; status message or `error.type` |
 | query_type | `gen_ai.operation.name` |
@@ -222,6 +223,7 @@ def _event(span: Span, attributes: dict[str, Any], resource: dict[str, Any]) -> 
         ("prompt_tokens", ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")),
         ("output_tokens", ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")),
         ("cached_tokens", ("gen_ai.usage.cache_read.input_tokens",)),
+        ("cache_write_tokens", ("gen_ai.usage.cache_creation.input_tokens",)),
         ("query_type", ("gen_ai.operation.name",)),
         ("team_alias", ("llmcost.team_alias",)),
         ("user_id", ("llmcost.user_id", "user.id", "enduser.id")),

@@ -26,6 +26,7 @@ EVENT_FIELDS: dict[str, str] = {
     "output_tokens": "integer",
     "total_tokens": "integer",
     "cached_tokens": "integer",
+    "cache_write_tokens": "integer",
     "latency_ms": "number",
     "time_to_first_token_ms": "number",
     "cache_hit": "boolean",

@@ -105,6 +105,7 @@ class AsyncMetricsClient(_ClientBase):
         status: str | None = None,
         error_message: str | None = None,
         cached_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
         time_to_first_token_ms: float | None = None,
         cache_similarity_score: float | None = None,
         is_batched: bool | None = None,

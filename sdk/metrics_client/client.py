@@ -185,6 +185,7 @@ class SyncMetricsClient(_ClientBase):
         status: str | None = None,
         error_message: str | None = None,
         cached_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
         time_to_first_token_ms: float | None = None,
         cache_similarity_score: float | None = None,
         is_batched: bool | None = None,
