@@ -596,6 +596,8 @@ def generate_events(count: int, rng: random.Random, *, prefix: str = "") -> list
         }
         if failed:
             event["error_message"] = rng.choice(ERRORS)
+        if cached and rng.random() < 0.5:  # prompt caching writes as well as reads
+            event["cache_write_tokens"] = rng.randint(0, prompt - cached)
         events.append(event)
     return events
 
