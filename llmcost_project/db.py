@@ -1,6 +1,6 @@
 """Database helpers every app shares: sums that cannot overflow.
 
-Money is stored as integer 1e-10 USD units (see `billing.money`) and counts as integers, so their
+Money is stored as integer 1e-10 USD units (see `billing.pricing.money`) and counts as integers, so their
 sums are exact, but a 64-bit integer holds at most $922 million in those units: one tenant's
 hostile or mistaken data can pass that in a single hour. PostgreSQL's `sum()` of a bigint column
 is already a `numeric` (arbitrary precision); SQLite's `sum()` raises "integer overflow". So every

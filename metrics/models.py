@@ -1,7 +1,7 @@
 from django.db import models
 from django.utils import timezone
 
-from billing.money import MoneyField, MoneySumField
+from billing.pricing.money import MoneyField, MoneySumField
 from teams.models import Organization, Team
 
 

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q
 
-from billing.money import to_units
+from billing.pricing.money import to_units
 from llmcost_project.db import Sum, sqlite_integer
 from teams.models import Organization
 

@@ -23,7 +23,7 @@ from django.db import connection
 from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Q, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 
-from billing.money import from_units
+from billing.pricing.money import from_units
 from llmcost_project.db import Sum
 from teams.access import AccessScope
 

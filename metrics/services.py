@@ -22,8 +22,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Q
 
-from billing.money import SCALE, MoneyField
-from billing.pricing import COST_QUANTUM, event_cost, forget_price_book, normalise_model_name, price_book
+from billing.pricing.book import COST_QUANTUM, event_cost, forget_price_book, normalise_model_name, price_book
+from billing.pricing.money import SCALE, MoneyField
 from teams.access import TeamResolver, UnknownTeam, scope_for_token
 from teams.models import ApiToken, Team
 

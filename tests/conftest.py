@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from billing.models import EPOCH, ModelPrice
-from billing.pricing import forget_price_book
+from billing.pricing.book import forget_price_book
 from teams.models import ApiToken, Organization, Team
 from teams.services import member_add, organization_create, team_create, token_create
 

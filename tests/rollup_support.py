@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
 
-from billing.money import to_units
+from billing.pricing.money import to_units
 from metrics import sketch
 from metrics.models import DailyRollup, DailyTeamTotal, DirtyDay, DirtyHour, HourlyRollup, HourlyTeamTotal, UsageEvent
 from tests.conftest import api

@@ -123,7 +123,7 @@ def test_it_finds_prices_by_model_and_provider_and_shows_their_start(world, supe
 
 def test_it_reprices_events_when_an_admin_saves_a_price(world, superuser, monkeypatch):
     calls = []
-    monkeypatch.setattr("billing.admin.reprice_after_change", lambda **kw: calls.append(kw))
+    monkeypatch.setattr("billing.pricing.admin.reprice_after_change", lambda **kw: calls.append(kw))
     price = ModelPrice.objects.get(model="test-model")
     response = admin_client(superuser).post(f"/admin/billing/modelprice/{price.pk}/change/", {
         "provider": price.provider, "model": price.model, "match_patterns": '["test-model-*"]',

@@ -12,8 +12,8 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import EPOCH, ModelPrice
-from billing.pricing import Price, PriceBook, event_cost, forget_price_book, price_book
-from billing.services import price_catalog_sync
+from billing.pricing.book import Price, PriceBook, event_cost, forget_price_book, price_book
+from billing.pricing.catalog import price_catalog_sync
 from metrics.models import UsageEvent
 from tests.conftest import api, event, make_price, utc
 

@@ -22,7 +22,8 @@ import billing.services
 import metrics.rollups
 import metrics.services
 from billing.models import EPOCH, BudgetAlert, ModelPrice
-from billing.services import budget_create, budgets_evaluate, reprice_after_change
+from billing.pricing.services import reprice_after_change
+from billing.services import budget_create, budgets_evaluate
 from llmcost_project.db import INT64_MAX, Sum
 from metrics.models import DailyTeamTotal, DirtyHour, HourlyTeamTotal, JobFailure, RepriceRequest, UsageEvent
 from metrics.prometheus import business_snapshot

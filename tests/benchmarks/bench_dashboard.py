@@ -305,7 +305,7 @@ def _from_db(field_name: str, value) -> Decimal:
 
 def event_templates(rng: random.Random, count: int) -> list[str]:
     """Pre-formatted CSV middles (model … tags) of realistic calls, priced like the ingest path."""
-    from billing.pricing import event_cost, load_price_book
+    from billing.pricing.book import event_cost, load_price_book
 
     book = load_price_book()  # not the process cache: ids change with every fresh database
     now = datetime.now(UTC)

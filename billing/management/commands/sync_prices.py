@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from billing.services import price_catalog_sync
+from billing.pricing.catalog import price_catalog_sync
 
 
 class Command(BaseCommand):

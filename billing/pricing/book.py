@@ -18,20 +18,13 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 
 from django.conf import settings
-from django.dispatch import Signal
 
-from .models import ModelPrice
+from billing.models.prices import ModelPrice
+
 from .money import QUANTUM
 
-# What pricing announces to the layers above it (it imports none of them). Sent inside the
-# transaction that changes a price row (saved, added, deleted, synced), with `provider`, `model`,
-# `start` and `end` (None: open-ended): the window of events that row governs or governed.
-# Receivers that must not lose the change (metrics records a reprice request) write in that same
-# transaction; work for after the commit they queue with `transaction.on_commit`.
-price_changed = Signal()
-
 MILLION = Decimal(1_000_000)
-COST_QUANTUM = QUANTUM  # the precision money columns store (billing.money)
+COST_QUANTUM = QUANTUM  # the precision money columns store (billing.pricing.money)
 
 # Prefixes gateways put before a model name, mapped to the catalog's provider ids.
 PROVIDER_ALIASES = {

@@ -1,0 +1,6 @@
+"""billing's models: prices (the pricing part) and budgets (the budgets part)."""
+
+from .budgets import Budget, BudgetAlert, default_thresholds
+from .prices import EPOCH, PRICE_BOUNDS, ModelPrice
+
+__all__ = ["EPOCH", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "default_thresholds"]

@@ -1,0 +1,14 @@
+"""billing's pricing part: money, prices, the price book, the catalog and the cost of an event.
+
+The bottom layer above `teams`: it imports nothing from `metrics` nor from billing's budgets
+part. What the layers above must know of it, it announces with `price_changed`.
+"""
+
+from django.dispatch import Signal
+
+# What pricing announces to the layers above it (it imports none of them). Sent inside the
+# transaction that changes a price row (saved, added, deleted, synced), with `provider`, `model`,
+# `start` and `end` (None: open-ended): the window of events that row governs or governed.
+# Receivers that must not lose the change (metrics records a reprice request) write in that same
+# transaction; work for after the commit they queue with `transaction.on_commit`.
+price_changed = Signal()
