@@ -1,6 +1,7 @@
 from django.db import models
 from django.utils import timezone
 
+from billing.pricing.calculate import CostSource
 from billing.pricing.money import MoneyField, MoneySumField
 from teams.models import Organization, Team
 
@@ -21,13 +22,17 @@ class UsageEvent(models.Model):
 
     model = models.CharField(max_length=200, help_text="Normalised model name (prices and charts use it).")
     model_requested = models.CharField(max_length=200, help_text="The model name exactly as sent.")
-    provider = models.CharField(max_length=64, blank=True)
+    provider = models.CharField(max_length=64, blank=True, help_text="The provider of the price used.")
+    provider_requested = models.CharField(max_length=64, blank=True, help_text="The provider exactly as sent.")
 
     prompt_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0, help_text="Prompt tokens read from the provider's cache.")
     cache_write_tokens = models.BigIntegerField(default=0, help_text="Prompt tokens written to the provider's cache.")
+    usage = models.JSONField(
+        default=dict, blank=True, help_text="Other usage the provider bills, by genai-prices usage key."
+    )
 
     prompt_cost = MoneyField(default=0)
     output_cost = MoneyField(default=0)
@@ -35,6 +40,10 @@ class UsageEvent(models.Model):
     client_cost = MoneyField(null=True, blank=True)  # type: ignore[misc]  # reads None or a Decimal
     is_priced = models.BooleanField(default=True, help_text="False: no price matched; cost is the client's, if any.")
     price = models.ForeignKey("billing.ModelPrice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    cost_source = models.CharField(max_length=16, choices=CostSource.choices, default=CostSource.CATALOG)
+    list_cost = MoneyField(  # type: ignore[misc]  # reads None or a Decimal
+        null=True, blank=True, help_text="The platform's price, before the organization's override or discount."
+    )
 
     latency_ms = models.FloatField(default=0)
     time_to_first_token_ms = models.FloatField(null=True, blank=True)

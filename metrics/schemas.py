@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from billing.pricing.rates import EVENT_FIELD_KEYS, usage_problem
+
 MAX_TOKENS = 100_000_000  # no single LLM call uses more; larger values are client bugs
 MAX_LATENCY_MS = 86_400_000.0  # one day
 # One event's cost: no single LLM call costs more, and 10^6 such events still sum within 64-bit money.
@@ -262,9 +264,15 @@ class _EventBase(_Strict):
         response_cost: Decimal | None
         prompt_cost: Decimal | None
         output_cost: Decimal | None
+        usage: dict[str, Any] | None
 
     @model_validator(mode="after")
     def _consistent(self) -> _EventBase:
+        if self.usage is not None:
+            counts = {name: getattr(self, name) for name in EVENT_FIELD_KEYS.values()}
+            problem = usage_problem(counts, self.usage)
+            if problem:
+                raise ValueError(f"{problem[0]}: {problem[1]}")
         if self.cached_tokens > self.prompt_tokens:
             raise ValueError("cached_tokens: must not exceed prompt_tokens")
         if self.cached_tokens + self.cache_write_tokens > self.prompt_tokens:
@@ -329,6 +337,7 @@ class _EventRules(_EventBase):
     output_cost: Usd | None = None
     metadata: Metadata | None = None
     tags: Tags | None = None
+    usage: dict[str, Any] | None = None
 
 
 # The same fields in pydantic-core's strict types: JSON-typed input (ints for counts, numbers for
@@ -384,6 +393,7 @@ class EventIn(_EventBase):
     output_cost: _StrictUsd | None = None
     metadata: Metadata | None = None
     tags: Annotated[list[_StrictText(100)], Field(max_length=50)] | None = None
+    usage: Annotated[dict[str, Any], Strict()] | None = None
 
     @model_validator(mode="wrap")
     @classmethod

@@ -22,7 +22,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Q
 
-from billing.pricing.book import COST_QUANTUM, event_cost, forget_price_book, normalise_model_name, price_book
+from billing.pricing.book import COST_QUANTUM, forget_price_book, price_book
+from billing.pricing.calculate import CostSource, PricedEvent, Usage, UsageError, price_event
 from billing.pricing.money import SCALE, MoneyField
 from teams.access import TeamResolver, UnknownTeam, scope_for_token
 from teams.models import ApiToken, Team
@@ -55,8 +56,9 @@ class RejectedEvent:
 # The columns ingest writes, in the order rows are built; `_EventWriter` checks it against the model.
 EVENT_COLUMNS = (
     "organization_id", "team_id", "request_id", "timestamp", "received_at", "model", "model_requested",
-    "provider", "prompt_tokens", "output_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
-    "prompt_cost", "output_cost", "cost", "client_cost", "is_priced", "price_id", "latency_ms",
+    "provider", "provider_requested", "prompt_tokens", "output_tokens", "total_tokens", "cached_tokens",
+    "cache_write_tokens", "usage", "prompt_cost", "output_cost", "cost", "client_cost", "is_priced", "price_id",
+    "cost_source", "list_cost", "latency_ms",
     "time_to_first_token_ms", "cache_hit", "cache_similarity_score", "is_batched", "batch_id", "batch_size",
     "user_id", "end_user", "query_type", "status", "error_message", "metadata", "tags",
 )
@@ -65,8 +67,29 @@ _REQUEST_ID, _TIMESTAMP, _COST, _IS_PRICED, _TOTAL_TOKENS = (
 )
 
 
-def _money(value: Decimal | None) -> Decimal:
-    return Decimal(0) if value is None else value.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
+def _money(value: Decimal | None) -> Decimal | None:
+    return None if value is None else value.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
+
+
+def event_priced(event: EventIn, *, organization_id: int, book) -> PricedEvent:
+    """The event's cost at its own timestamp (raises UsageError: its usage contradicts itself)."""
+    return price_event(
+        book,
+        organization_id=organization_id,
+        model=event.model,
+        provider=event.provider,
+        when=cast(datetime, event.timestamp),  # validation gives every event one
+        usage=Usage(
+            prompt_tokens=event.prompt_tokens,
+            output_tokens=event.output_tokens,
+            cached_tokens=event.cached_tokens,
+            cache_write_tokens=event.cache_write_tokens,
+            extra=event.usage or {},
+        ),
+        client_cost=event.client_cost,
+        client_prompt_cost=event.prompt_cost,
+        client_output_cost=event.output_cost,
+    )
 
 
 def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_at: datetime, book) -> tuple:
@@ -74,44 +97,31 @@ def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_a
 
     Money is already at the precision it is stored with (whole 1e-10 USD units).
     """
-    key = book.find(event.model, event.provider)
-    price = book.price_at(key, event.timestamp) if key else None
-    if price is not None:
-        cost = event_cost(
-            price,
-            prompt_tokens=event.prompt_tokens,
-            cached_tokens=event.cached_tokens,
-            cache_write_tokens=event.cache_write_tokens,
-            output_tokens=event.output_tokens,
-        )
-        prompt_cost, output_cost, total = cost.prompt_cost, cost.output_cost, cost.total
-        model, provider = price.model, price.provider
-    else:
-        # Unpriced: kept and flagged; the client's own figure is the only cost we can honestly show,
-        # at the precision money is stored with, so the first answer and a retry's agree.
-        prompt_cost, output_cost = _money(event.prompt_cost), _money(event.output_cost)
-        total = _money(event.client_cost)
-        model, provider = normalise_model_name(event.model), (event.provider or "")
+    priced = event_priced(event, organization_id=organization_id, book=book)
     return (
         organization_id,
         team_id,
         event.request_id,
         event.timestamp,
         received_at,
-        model[:200],
+        priced.model[:200],
         event.model,
-        provider[:64],
+        priced.provider[:64],
+        event.provider or "",
         event.prompt_tokens,
         event.output_tokens,
         event.total_tokens,
         event.cached_tokens,
         event.cache_write_tokens,
-        prompt_cost,
-        output_cost,
-        total,
-        None if event.client_cost is None else _money(event.client_cost),
-        price is not None,
-        price.id if price is not None else None,
+        event.usage or {},
+        priced.prompt_cost,
+        priced.output_cost,
+        priced.cost,
+        _money(event.client_cost),
+        priced.is_priced,
+        priced.price_id,
+        priced.cost_source,
+        priced.list_cost,
         event.latency_ms,
         event.time_to_first_token_ms,
         event.cache_hit,
@@ -203,29 +213,33 @@ def _units(value: Decimal) -> int:
 def _copy_line(row: tuple, received_at: str) -> str:
     """One row in COPY's text format: tab-separated, \\N for NULL, backslash escapes in text."""
     (
-        organization_id, team_id, request_id, timestamp, _, model, model_requested, provider,
-        prompt_tokens, output_tokens, total_tokens, cached_tokens, cache_write_tokens, prompt_cost, output_cost, cost,
-        client_cost, is_priced, price_id, latency_ms, time_to_first_token_ms, cache_hit, cache_similarity_score,
+        organization_id, team_id, request_id, timestamp, _, model, model_requested, provider, provider_requested,
+        prompt_tokens, output_tokens, total_tokens, cached_tokens, cache_write_tokens, usage, prompt_cost,
+        output_cost, cost, client_cost, is_priced, price_id, cost_source, list_cost, latency_ms,
+        time_to_first_token_ms, cache_hit, cache_similarity_score,
         is_batched, batch_id, batch_size, user_id, end_user, query_type, status, error_message, metadata, tags,
     ) = row  # fmt: skip
     metadata = json.dumps(metadata) if metadata else "{}"
     tags = json.dumps(tags) if tags else "[]"
+    usage = json.dumps(usage) if usage else "{}"  # genai-prices keys and integers: nothing to escape
     texts = (
-        request_id, model, model_requested, provider, batch_id, user_id, end_user, query_type, status,
-        error_message, metadata, tags,
+        request_id, model, model_requested, provider, provider_requested, batch_id, user_id, end_user, query_type,
+        status, error_message, metadata, tags,
     )  # fmt: skip
     joined = "".join(texts)
     if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:  # rare: escape only then
         (
-            request_id, model, model_requested, provider, batch_id, user_id, end_user, query_type, status,
-            error_message, metadata, tags,
+            request_id, model, model_requested, provider, provider_requested, batch_id, user_id, end_user,
+            query_type, status, error_message, metadata, tags,
         ) = (text.translate(_COPY_ESCAPES) for text in texts)  # fmt: skip
     return (
         f"{organization_id}\t{team_id}\t{request_id}\t{timestamp.isoformat()}\t{received_at}\t{model}\t"
-        f"{model_requested}\t{provider}\t{prompt_tokens}\t{output_tokens}\t{total_tokens}\t{cached_tokens}\t"
-        f"{cache_write_tokens}\t{_units(prompt_cost)}\t{_units(output_cost)}\t{_units(cost)}\t"
-        f"{_NULL if client_cost is None else _units(client_cost)}\t{is_priced}\t"
-        f"{_NULL if price_id is None else price_id}\t{latency_ms!r}\t"
+        f"{model_requested}\t{provider}\t{provider_requested}\t{prompt_tokens}\t{output_tokens}\t{total_tokens}\t"
+        f"{cached_tokens}\t{cache_write_tokens}\t{usage}\t{_units(prompt_cost)}\t{_units(output_cost)}\t"
+        f"{_units(cost)}\t{_NULL if client_cost is None else _units(client_cost)}\t{is_priced}\t"
+        f"{_NULL if price_id is None else price_id}\t{cost_source}\t"
+        f"{_NULL if list_cost is None else _units(list_cost)}\t"
+        f"{latency_ms!r}\t"
         f"{_NULL if time_to_first_token_ms is None else repr(time_to_first_token_ms)}\t{cache_hit}\t"
         f"{_NULL if cache_similarity_score is None else repr(cache_similarity_score)}\t{is_batched}\t{batch_id}\t"
         f"{_NULL if batch_size is None else batch_size}\t{user_id}\t{end_user}\t{query_type}\t{status}\t"
@@ -306,18 +320,18 @@ def usage_events_record(
                 )
                 continue
             repeated = event.request_id in seen  # the same id twice inside this request
-            kept.append((index, event, team, repeated))
             if not repeated:
-                seen.add(event.request_id)
-                rows.append(
-                    _event_row(
-                        event,
-                        organization_id=token.organization_id,
-                        team_id=team.id,
-                        received_at=received_at,
+                try:
+                    row = _event_row(
+                        event, organization_id=token.organization_id, team_id=team.id, received_at=received_at,
                         book=book,
-                    )
-                )
+                    )  # fmt: skip
+                except UsageError as error:  # parts that contradict each other under this price
+                    rejected.append(RejectedEvent(index, {"usage": [str(error)]}))
+                    continue
+                seen.add(event.request_id)
+                rows.append(row)
+            kept.append((index, event, team, repeated))
         inserted = _event_writer(len(rows))(rows) if rows else set()
         # The last write before commit: the marks' row locks are held for the shortest time.
         # One moment per hour is enough (timestamps are UTC: validation made them so).
@@ -384,7 +398,9 @@ def batch_run_record(*, token: ApiToken, run: BatchRunIn) -> tuple[BatchRun, boo
     )
 
 
-REPRICE_FIELDS = ("model", "provider", "prompt_cost", "output_cost", "cost", "is_priced", "price_id")
+REPRICE_FIELDS = (
+    "model", "provider", "prompt_cost", "output_cost", "cost", "is_priced", "price_id", "cost_source", "list_cost",
+)
 
 
 REPRICE_JOB = "reprice"
@@ -394,6 +410,8 @@ REPRICE_JOB = "reprice"
 class RepriceResult:
     updated: int = 0  # events whose price changed
     failed_organizations: list[int] = field(default_factory=list)  # recorded as JobFailure; retry these
+    cost_before: Decimal = Decimal(0)  # of the events that changed
+    cost_after: Decimal = Decimal(0)
 
 
 def usage_events_reprice(
@@ -410,52 +428,58 @@ def usage_events_reprice(
     The events concerned are those in [start, end) that this model priced before the change or
     that the current prices attribute to it now (a new price or pattern may take over names, a
     deleted one gives them back). They are found by their distinct (name, provider) pairs, so
-    events of other models are not read. Events whose cost does not change are left alone: old
+    events of other models are not read. An empty `model` means every model of `provider`, and an
+    empty `provider` every provider (an organization's discount covers them): then
+    `organization_ids` names whose events. Events whose cost does not change are left alone: old
     totals change only where the new price really applies. Each organization's events are one
     isolated unit (see `metrics.failures`): one that fails is recorded and returned for a retry,
-    and the others are repriced. `organization_ids` limits the run to those (a retry).
+    and the others are repriced. `organization_ids` limits the run to those.
     """
     forget_price_book()
     book = price_book()
-    key = (provider, model)
     window = UsageEvent.objects.filter(timestamp__gte=start)
     if end is not None:
         window = window.filter(timestamp__lt=end)
     if organization_ids is not None:
         window = window.filter(organization_id__in=organization_ids)
-    names = (
-        window.values_list("organization_id", "model_requested", "provider", "model", "is_priced").distinct().order_by()
-    )
+    names = window.values_list("organization_id", "model_requested", "provider_requested", "provider", "model")
     pairs: dict[int, set[tuple[str, str]]] = {}
-    for organization_id, requested, hint, stored_model, is_priced in names:
-        if (is_priced and (hint, stored_model) == key) or book.find(requested, hint or None) == key:
-            pairs.setdefault(organization_id, set()).add((requested, hint))
+    for organization_id, requested, hint, stored_provider, stored_model in names.distinct().order_by():
+        found = book.find(requested, hint or None)
+        for candidate in ((stored_provider, stored_model), found):
+            if candidate is not None and provider in ("", candidate[0]) and model in ("", candidate[1]):
+                pairs.setdefault(organization_id, set()).add((requested, hint))
     result = RepriceResult()
     run = JobRun(REPRICE_JOB)
-    label = f"{provider}/{model} from {start.isoformat()}" + (f" until {end.isoformat()}" if end else "")
+    label = f"{provider or '*'}/{model or '*'} from {start.isoformat()}" + (f" until {end.isoformat()}" if end else "")
     for organization_id, names_of_org in sorted(pairs.items()):
         ordered = sorted(names_of_org)
         # Chunks commit one by one (repricing again is harmless), so the unit is not one transaction.
         with run.unit(organization_id, label, atomic=False) as outcome:
-            updated = 0
+            part = RepriceResult()
             for first in range(0, len(ordered), 50):
-                matching = reduce(or_, (Q(model_requested=n, provider=p) for n, p in ordered[first : first + 50]))
+                matching = reduce(
+                    or_, (Q(model_requested=n, provider_requested=p) for n, p in ordered[first : first + 50])
+                )
                 events = window.filter(matching, organization_id=organization_id)
-                updated += _reprice_matching(events, book, chunk_size)
+                _reprice_matching(events, book, chunk_size, part)
         if outcome.ok:
-            result.updated += updated
+            result.updated += part.updated
+            result.cost_before += part.cost_before
+            result.cost_after += part.cost_after
         else:
             result.failed_organizations.append(organization_id)
     return result
 
 
-def _reprice_matching(events, book, chunk_size: int) -> int:
-    updated, last_id = 0, 0
+def _reprice_matching(events, book, chunk_size: int, result: RepriceResult) -> None:
+    last_id = 0
     while True:
         chunk = list(events.filter(id__gt=last_id).order_by("id")[:chunk_size])
         if not chunk:
-            return updated
+            return
         last_id = chunk[-1].id
+        before = {event.id: event.cost for event in chunk}
         changed = [event for event in chunk if _repriced(event, book)]
         if not changed:
             continue
@@ -466,42 +490,39 @@ def _reprice_matching(events, book, chunk_size: int) -> int:
                     organization_id=organization_id,
                     moments=[e.timestamp for e in changed if e.organization_id == organization_id],
                 )
-        updated += len(changed)
+        result.updated += len(changed)
+        result.cost_before += sum((before[event.id] for event in changed), Decimal(0))
+        result.cost_after += sum((event.cost for event in changed), Decimal(0))
 
 
 def _repriced(event: UsageEvent, book) -> bool:
-    """Apply the current price book to one stored event; True if anything changed."""
-    key = book.find(event.model_requested, event.provider or None)
-    price = book.price_at(key, event.timestamp) if key else None
-    if price is None:
-        if not event.is_priced:
-            return False
-        new = {
-            "is_priced": False,
-            "price_id": None,
-            "cost": event.client_cost or Decimal(0),
-            "prompt_cost": Decimal(0),
-            "output_cost": Decimal(0),
-            "model": normalise_model_name(event.model_requested),
-            "provider": event.provider,
-        }
-    else:
-        cost = event_cost(
-            price,
-            prompt_tokens=event.prompt_tokens,
-            cached_tokens=event.cached_tokens,
-            cache_write_tokens=event.cache_write_tokens,
-            output_tokens=event.output_tokens,
-        )
-        new = {
-            "is_priced": True,
-            "price_id": price.id,
-            "cost": cost.total,
-            "prompt_cost": cost.prompt_cost,
-            "output_cost": cost.output_cost,
-            "model": price.model,
-            "provider": price.provider,
-        }
+    """Apply the current prices to one stored event, as ingest would; True if anything changed."""
+    usage = Usage(
+        prompt_tokens=event.prompt_tokens, output_tokens=event.output_tokens, cached_tokens=event.cached_tokens,
+        cache_write_tokens=event.cache_write_tokens, extra=event.usage or {},
+    )  # fmt: skip
+    kept_client_split = event.cost_source == CostSource.CLIENT  # the client's own prompt/output split
+    try:
+        priced = price_event(
+            book, organization_id=event.organization_id, model=event.model_requested,
+            provider=event.provider_requested or None, when=event.timestamp, usage=usage,
+            client_cost=event.client_cost,
+            client_prompt_cost=event.prompt_cost if kept_client_split else None,
+            client_output_cost=event.output_cost if kept_client_split else None,
+        )  # fmt: skip
+    except UsageError:  # its usage cannot be decomposed under the new price: keep what it costs
+        return False
+    new = {
+        "is_priced": priced.is_priced,
+        "price_id": priced.price_id,
+        "cost": priced.cost,
+        "prompt_cost": priced.prompt_cost,
+        "output_cost": priced.output_cost,
+        "model": priced.model[:200],
+        "provider": priced.provider[:64],
+        "cost_source": priced.cost_source,
+        "list_cost": priced.list_cost,
+    }
     if all(getattr(event, name) == value for name, value in new.items()):
         return False
     for name, value in new.items():

@@ -1,6 +1,9 @@
 """billing's models: prices (the pricing part) and budgets (the budgets part)."""
 
 from .budgets import Budget, BudgetAlert, default_thresholds
-from .prices import EPOCH, PRICE_BOUNDS, ModelPrice
+from .prices import EPOCH, PRICE_BOUNDS, ModelPrice, OrganizationDiscount, OrganizationPrice
 
-__all__ = ["EPOCH", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "default_thresholds"]
+__all__ = [
+    "EPOCH", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "OrganizationDiscount", "OrganizationPrice",
+    "default_thresholds",
+]

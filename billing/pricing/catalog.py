@@ -1,20 +1,30 @@
-"""Loading the genai-prices catalog bundled with the package into the price table (offline)."""
+"""Loading the genai-prices catalog bundled with the package into the price table (offline).
+
+Every dimension the catalog prices is kept (tiers, 1 h cache writes, audio/image/video tokens,
+per-request and per-search prices), with the catalog's match clauses and its order of models,
+its start-dated changes (rows with a later `effective_from`) and its time-of-day prices (rows
+with a daily window), so stored prices cost events exactly as genai-prices' calculator does.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from genai_prices import types as genai
 
 from billing.models.prices import EPOCH, ModelPrice
 
-from .book import forget_price_book
+from .book import RATE_FIELDS, forget_price_book
+from .rates import COLUMN_KEYS, PRICE_PRECISION, extra_prices_json, match_rule_json
 from .services import reprice_after_change
 
-PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok", "match_patterns")
+# What sync keeps up to date on a catalog row.
+SYNCED_FIELDS = (*RATE_FIELDS, "match_rule", "catalog_rank", "daily_until")
 
 
 @dataclass
@@ -25,78 +35,81 @@ class SyncResult:
     kept_admin_edits: int = 0
 
 
-PRICE_QUANTUM = Decimal("1e-10")  # ModelPrice stores 10 decimal places
+def _stored(value: Decimal) -> Decimal:
+    """A catalog price at the precision we store. The catalog carries some prices through floats
+    (0.18000000000000002); rounding is what makes a second sync see them as unchanged."""
+    return Decimal(value).quantize(PRICE_PRECISION)
 
 
-def _flat_decimal(value) -> Decimal | None:
-    """A catalog price (or the base of a tiered one) at the precision we store.
-
-    The catalog carries some prices through floats (0.18000000000000002); rounding to the stored
-    precision is what makes a second sync see them as unchanged.
-    """
-    value = getattr(value, "base", value)
-    if value is None:
-        return None
-    return Decimal(value).quantize(PRICE_QUANTUM)
+def _stored_rate(value: Any) -> Decimal | genai.TieredPrices:
+    if isinstance(value, genai.TieredPrices):
+        tiers = [genai.Tier(start=tier.start, price=_stored(tier.price)) for tier in value.tiers]
+        return genai.TieredPrices(base=_stored(value.base), tiers=tiers)
+    return _stored(value)
 
 
-def _patterns(match) -> list[str]:
-    """genai-prices match clauses as our pattern strings (ANDed clauses cannot be expressed; skipped)."""
-    kind = type(match).__name__
-    if kind == "ClauseEquals":
-        return [match.equals.lower()]
-    if kind == "ClauseStartsWith":
-        return [f"{match.starts_with.lower()}*"]
-    if kind == "ClauseEndsWith":
-        return [f"*{match.ends_with.lower()}"]
-    if kind == "ClauseContains":
-        return [f"*{match.contains.lower()}*"]
-    if kind == "ClauseRegex":
-        return [f"re:{match.regex}"]
-    if kind == "ClauseOr":
-        return [pattern for clause in match.or_ for pattern in _patterns(clause)]
-    return []
+def _entry_values(rates: Any) -> dict[str, Any]:
+    """One catalog price entry as our columns and `extra_prices`."""
+    columns: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in rates.__dict__.items():
+        if value is None or key.startswith("_"):
+            continue
+        rate = _stored_rate(value)
+        if key in COLUMN_KEYS:
+            columns[COLUMN_KEYS[key]] = rate.base if isinstance(rate, genai.TieredPrices) else rate
+            if isinstance(rate, genai.TieredPrices):
+                extra[key] = rate
+        else:
+            extra[key] = rate
+    return {
+        "input_per_mtok": columns.get("input_per_mtok", Decimal(0)),
+        "output_per_mtok": columns.get("output_per_mtok", Decimal(0)),
+        "cache_read_per_mtok": columns.get("cache_read_per_mtok"),
+        "cache_write_per_mtok": columns.get("cache_write_per_mtok"),
+        "extra_prices": extra_prices_json(extra),
+    }
 
 
 def catalog_prices() -> list[dict]:
-    """Every token price in the genai-prices snapshot bundled with the package (no network)."""
+    """Every price in the genai-prices snapshot bundled with the package (no network)."""
     from genai_prices import data_snapshot
 
     rows = []
     for provider in data_snapshot.get_snapshot().providers:
-        for model in provider.models:
-            patterns = [p for p in dict.fromkeys(_patterns(model.match)) if p != model.id.lower()]
-            priced = model.prices if isinstance(model.prices, list) else [model.prices]
-            for entry in priced:
-                constraint = getattr(entry, "constraint", None)
-                prices = getattr(entry, "prices", entry)
-                if constraint is None:
-                    start = EPOCH
-                elif hasattr(constraint, "start_date"):
+        for rank, model in enumerate(provider.models):
+            entries = model.prices if isinstance(model.prices, list) else [genai.ConditionalPrice(prices=model.prices)]
+            for entry in entries:
+                constraint = entry.constraint
+                start, daily = EPOCH, (None, None)
+                if isinstance(constraint, genai.StartDateConstraint):
                     start = datetime.combine(constraint.start_date, datetime.min.time(), tzinfo=UTC)
-                else:  # time-of-day discounts are not modelled; the standard price applies
-                    continue
-                input_p = _flat_decimal(getattr(prices, "input_mtok", None))
-                output_p = _flat_decimal(getattr(prices, "output_mtok", None))
-                if input_p is None and output_p is None:
-                    continue  # priced per image, request or second, not per token
+                elif isinstance(constraint, genai.TimeOfDateConstraint):
+                    daily = (_utc_time(constraint.start_time), _utc_time(constraint.end_time))
                 rows.append(
                     {
                         "provider": provider.id,
                         "model": model.id,
                         "effective_from": start,
-                        "input_per_mtok": input_p or Decimal(0),
-                        "output_per_mtok": output_p or Decimal(0),
-                        "cache_read_per_mtok": _flat_decimal(getattr(prices, "cache_read_mtok", None)),
-                        "cache_write_per_mtok": _flat_decimal(getattr(prices, "cache_write_mtok", None)),
-                        "match_patterns": patterns,
+                        "daily_from": daily[0],
+                        "daily_until": daily[1],
+                        "match_rule": match_rule_json(model.match),
+                        "catalog_rank": rank,
+                        **_entry_values(entry.prices),
                     }
                 )
     return rows
 
 
+def _utc_time(value):
+    """A catalog time of day as a naive UTC time (how the daily window columns store it)."""
+    if value.tzinfo is not None:
+        value = datetime.combine(EPOCH.date(), value).astimezone(UTC).time()
+    return value.replace(tzinfo=None)
+
+
 def _same(row: ModelPrice, values: dict) -> bool:
-    for name in PRICE_FIELDS:
+    for name in SYNCED_FIELDS:
         current, wanted = getattr(row, name), values[name]
         if isinstance(wanted, Decimal) and current is not None:
             if Decimal(current) != wanted:
@@ -110,11 +123,11 @@ def _same(row: ModelPrice, values: dict) -> bool:
 def price_catalog_sync() -> SyncResult:
     """Load the bundled catalog. Idempotent; rows an admin edited are left as they are."""
     result = SyncResult()
-    existing = {(r.provider, r.model, r.effective_from): r for r in ModelPrice.objects.all()}
+    existing = {(r.provider, r.model, r.effective_from, r.daily_from): r for r in ModelPrice.objects.all()}
     to_create, to_update, seen = [], [], set()
     now = timezone.now()
     for values in catalog_prices():
-        key = (values["provider"], values["model"], values["effective_from"])
+        key = (values["provider"], values["model"], values["effective_from"], values["daily_from"])
         if key in seen:  # the catalog lists a few models twice; the first entry wins
             continue
         seen.add(key)
@@ -126,12 +139,12 @@ def price_catalog_sync() -> SyncResult:
         elif _same(row, values):
             result.unchanged += 1
         else:
-            for name in PRICE_FIELDS:
+            for name in SYNCED_FIELDS:
                 setattr(row, name, values[name])
             row.updated_at = now
             to_update.append(row)
     ModelPrice.objects.bulk_create(to_create, batch_size=500)
-    ModelPrice.objects.bulk_update(to_update, [*PRICE_FIELDS, "updated_at"], batch_size=500)
+    ModelPrice.objects.bulk_update(to_update, [*SYNCED_FIELDS, "updated_at"], batch_size=500)
     result.created, result.updated = len(to_create), len(to_update)
     transaction.on_commit(forget_price_book)
     for row in [*to_create, *to_update]:
