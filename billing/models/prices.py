@@ -9,7 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from billing.pricing.money import MAX_PRICE_PER_MTOK
-from billing.pricing.rates import COLUMN_KEYS, match_rule, parse_extra_prices
+from billing.pricing.rates import COLUMN_KEYS, match_rule, validate_rates
 
 # Catalog prices with no start date are in force from the beginning of time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -50,7 +50,7 @@ class PriceRates(models.Model):
     def clean(self) -> None:
         super().clean()
         try:
-            parse_extra_prices(self.extra_prices, self.rate_columns())
+            validate_rates(self.rate_columns(), self.extra_prices)
         except ValueError as error:
             raise ValidationError({"extra_prices": str(error)}) from None
 

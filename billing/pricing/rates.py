@@ -130,6 +130,19 @@ def genai_model_price(columns: Mapping[str, Decimal | None], extra: Mapping[str,
     return genai.ModelPrice(**rates)
 
 
+def validate_rates(columns: Mapping[str, Decimal | None], extra: Any) -> None:
+    """ValueError unless genai-prices can price with these rates: besides each value's shape, a
+    narrower price needs its wider ones (a 1 h cache-write price needs a cache-write price) and
+    overlapping ones their join (cache reads and audio input need audio cache reads)."""
+    from genai_prices import Usage
+
+    try:
+        genai_model_price(columns, extra).calc_price(Usage())
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith("extra_prices") else f"extra_prices: {message}") from None
+
+
 # --- match clauses ------------------------------------------------------------------------------
 
 _TEXT_CLAUSES: dict[str, Any] = {
