@@ -148,5 +148,7 @@ def price_catalog_sync() -> SyncResult:
     result.created, result.updated = len(to_create), len(to_update)
     transaction.on_commit(forget_price_book)
     for row in [*to_create, *to_update]:
-        reprice_after_change(provider=row.provider, model=row.model, effective_from=row.effective_from)
+        reprice_after_change(
+            provider=row.provider, model=row.model, effective_from=row.effective_from, daily=row.daily_from is not None
+        )
     return result

@@ -10,10 +10,11 @@ from . import price_changed
 from .book import forget_price_book
 
 
-def reprice_after_change(*, provider: str, model: str, effective_from) -> None:
+def reprice_after_change(*, provider: str, model: str, effective_from, daily: bool = False) -> None:
     """Announce (in this transaction) that the events in the window this price row governs, or
-    governed, may cost something else now; metrics reprices them (see `metrics.repricing`)."""
-    end = (
+    governed, may cost something else now; metrics reprices them (see `metrics.repricing`).
+    A row with a daily window governs its hours from its start on, whatever rows start later."""
+    end = None if daily else (
         ModelPrice.objects.filter(provider=provider, model=model, effective_from__gt=effective_from)
         .order_by("effective_from")
         .values_list("effective_from", flat=True)

@@ -598,6 +598,8 @@ def generate_events(count: int, rng: random.Random, *, prefix: str = "") -> list
             event["error_message"] = rng.choice(ERRORS)
         if cached and rng.random() < 0.5:  # prompt caching writes as well as reads
             event["cache_write_tokens"] = rng.randint(0, prompt - cached)
+        if output and rng.random() < 0.1:  # reasoning models report their thinking tokens
+            event["usage"] = {"output_reasoning_tokens": rng.randint(0, output)}
         events.append(event)
     return events
 
