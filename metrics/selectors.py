@@ -404,6 +404,16 @@ def _latency_sketch(sources: _Sources) -> dict[int, int]:
     return sketch.merge(parts)
 
 
+UNPRICED_MODELS_SHOWN = 20
+
+
+def unpriced_models(models: dict[str, dict], *, limit: int = UNPRICED_MODELS_SHOWN) -> dict[str, int]:
+    """Unpriced requests per model, most first, from per-model sums (team-total rollup rows keep
+    the model and its unpriced count, so no raw read is needed): the models a price is missing for."""
+    counts = [(model, sums["unpriced"]) for model, sums in models.items() if sums.get("unpriced")]
+    return dict(sorted(counts, key=lambda item: (-item[1], item[0]))[:limit])
+
+
 def dashboard_metrics(*, scope: AccessScope, filters: EventFilter) -> dict:
     """The seed's dashboard shape, plus latency percentiles, for one scope and range."""
     sources = _sources(scope, filters, by_model=True)
@@ -421,6 +431,7 @@ def dashboard_metrics(*, scope: AccessScope, filters: EventFilter) -> dict:
         "cache_hit_rate": round(100 * totals["cache_hits"] / requests, 2) if requests else 0.0,
         "error_rate": round(100 * totals["errors"] / requests, 2) if requests else 0.0,
         "unpriced_requests": totals.get("unpriced", 0),
+        "unpriced_models": unpriced_models(models),
         "latency_percentiles_ms": sketch.quantiles(_latency_sketch(sources), PERCENTILES),
         "model_usage": {
             model: {"count": row["requests"], "tokens": row["total_tokens"], "cost": row["cost"]}
@@ -465,6 +476,7 @@ RECENT_FIELDS = (
     "model",
     "model_requested",
     "provider",
+    "provider_requested",
     "prompt_tokens",
     "output_tokens",
     "total_tokens",
@@ -474,6 +486,9 @@ RECENT_FIELDS = (
     "output_cost",
     "cost",
     "is_priced",
+    "cost_source",
+    "list_cost",
+    "usage",
     "latency_ms",
     "time_to_first_token_ms",
     "cache_hit",
@@ -728,6 +743,7 @@ def dashboard_panels(*, scope: AccessScope, filters: EventFilter) -> dict:
         "totals": totals,
         "kpis": kpi_figures(totals),
         "models": costliest(models),
+        "unpriced_models": unpriced_models(models),
         "teams": costliest(teams),
         "query_types": costliest(query_types),
         "users": costliest(users),

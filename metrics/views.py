@@ -23,10 +23,11 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from billing.pricing.calculate import CostSource
 from llmcost_project.api_errors import (
     MAX_QUERY_COST_USD,
     QUERY_COST_DIGITS,
@@ -373,6 +374,14 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
         "unpriced": {
             "count": totals["unpriced"],
             "display": thousands(totals["unpriced"]),
+            "models": [
+                {"model": model, "count": count, "display": thousands(count)}
+                for model, count in panels["unpriced_models"].items()
+            ],
+            "models_display": ", ".join(
+                f"{model} ({thousands(count)})" for model, count in panels["unpriced_models"].items()
+            ),
+            "prices_url": _prices_url(scope),
         },
         "percentiles": {name: duration_ms(value) for name, value in panels["latency_percentiles_ms"].items()},
         "cache": {
@@ -435,6 +444,16 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
             },
         },
     }
+
+
+def _prices_url(scope: AccessScope) -> str | None:
+    """The organization's Prices page, for those who may set a price there (owners and admins)."""
+    if not scope.can_manage:
+        return None
+    try:
+        return reverse("prices", args=[scope.organization.slug])
+    except NoReverseMatch:  # the Prices page is not installed: the notice names the models without a link
+        return None
 
 
 def _average(value) -> str:
@@ -604,11 +623,33 @@ def request_detail(request, scope, request_id: str):
         scope.filter(UsageEvent.objects.select_related("team", "price")), request_id=request_id
     )
     metadata = json.dumps(event.metadata, indent=2, sort_keys=True, ensure_ascii=False) if event.metadata else ""
+    usage = [
+        {"key": key, "label": key.replace("_", " ").capitalize(), "count": count}
+        for key, count in sorted((event.usage or {}).items())
+    ]
     return render(
         request,
         "metrics/request_detail.html",
-        {"scope": scope, "nav": "requests", "event": event, "metadata": metadata},
+        {
+            "scope": scope,
+            "nav": "requests",
+            "event": event,
+            "metadata": metadata,
+            "usage": usage,
+            "cost_source": COST_SOURCE_WORDS.get(event.cost_source, event.get_cost_source_display()),
+            "list_cost_differs": event.list_cost is not None and event.list_cost != event.cost,
+        },
     )
+
+
+# How each cost source reads on a request's page.
+COST_SOURCE_WORDS = {
+    CostSource.CATALOG: "the platform's price",
+    CostSource.OVERRIDE: "the organization's own price for this model",
+    CostSource.DISCOUNT: "the platform's price with the organization's discount",
+    CostSource.CLIENT: "the client's own figure (no price matched)",
+    CostSource.UNPRICED: "unpriced (no price matched and the client sent no cost)",
+}
 
 
 CSV_FIELDS = (  # (header, values() name)
@@ -640,8 +681,14 @@ CSV_FIELDS = (  # (header, values() name)
     ("batch_id", "batch_id"),
     ("batch_size", "batch_size"),
     ("error_message", "error_message"),
+    # Added later: appended so that existing column positions stay.
+    ("cost_source", "cost_source"),
+    ("list_cost_usd", "list_cost"),
+    ("usage", "usage"),
+    ("provider_requested", "provider_requested"),
 )
-MONEY_COLUMNS = {"prompt_cost", "output_cost", "cost", "client_cost"}
+MONEY_COLUMNS = {"prompt_cost", "output_cost", "cost", "client_cost", "list_cost"}
+JSON_COLUMNS = {"usage"}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -655,6 +702,8 @@ def _csv_cell(name: str, value):
         return ""
     if name in MONEY_COLUMNS:
         return full_money(value)
+    if name in JSON_COLUMNS:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, bool):

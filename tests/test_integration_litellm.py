@@ -108,6 +108,76 @@ def test_it_reads_anthropic_cache_reads_from_the_usage_object(world):
     assert event.team.is_default  # the log names no team
 
 
+def with_details(payload: dict, *, prompt: dict | None = None, completion: dict | None = None) -> dict:
+    usage = payload["metadata"]["usage_object"]
+    usage["prompt_tokens_details"].update(prompt or {})
+    usage["completion_tokens_details"].update(completion or {})
+    return payload
+
+
+def test_it_records_audio_and_reasoning_tokens_as_usage(world):
+    payload = with_details(log("success"), prompt={"audio_tokens": 400, "cached_tokens": 100},
+                           completion={"audio_tokens": 50, "reasoning_tokens": 120})
+
+    response = post(world.ingest, [payload])
+
+    assert response.status_code == 200, response.content
+    assert response.json()["accepted"] == 1
+    event = stored(payload["id"])
+    assert event.cached_tokens == 100
+    assert event.usage == {"input_audio_tokens": 400, "output_audio_tokens": 50, "output_reasoning_tokens": 120}
+    assert "usage_ignored" not in event.metadata
+
+
+def test_it_stores_no_usage_for_zero_details(world):
+    payload = log("success")  # LiteLLM's zeros for audio and reasoning
+
+    post(world.ingest, [payload])
+
+    event = stored(payload["id"])
+    assert event.usage == {}
+    assert "usage_ignored" not in event.metadata
+
+
+@pytest.mark.parametrize(
+    "prompt, completion, kept, ignored",
+    [
+        # 300 completion tokens: 999 reasoning tokens cannot be part of them.
+        ({}, {"reasoning_tokens": 999, "audio_tokens": 20}, {"output_audio_tokens": 20},
+         {"output_reasoning_tokens": 999}),
+        ({"audio_tokens": 1201}, {}, {}, {"input_audio_tokens": 1201}),
+        ({"audio_tokens": "lots"}, {"reasoning_tokens": -3}, {}, {"input_audio_tokens": "lots",
+                                                                  "output_reasoning_tokens": -3}),
+        ({"audio_tokens": 2.5}, {"reasoning_tokens": True}, {}, {"input_audio_tokens": "2.5",
+                                                                 "output_reasoning_tokens": "True"}),
+    ],
+)
+def test_a_detail_that_does_not_fit_is_kept_aside_and_the_call_recorded(world, prompt, completion, kept, ignored):
+    payload = with_details(log("success"), prompt=prompt, completion=completion)
+
+    response = post(world.ingest, [payload])
+
+    assert response.status_code == 200, response.content
+    assert response.json()["rejected"] == []
+    event = stored(payload["id"])
+    assert event.usage == kept
+    assert event.metadata["usage_ignored"] == ignored
+    assert event.cost == Decimal("0.0048")  # priced on its totals, as without the details
+
+
+def test_details_fit_the_prompt_once_cache_writes_are_added_to_it(world):
+    # Anthropic through older LiteLLM versions: prompt_tokens (3,100) leaves the 200 cache writes out.
+    payload = log("anthropic_cache_read", prompt_tokens=3100, total_tokens=3350)
+    payload["metadata"]["usage_object"]["prompt_tokens_details"]["audio_tokens"] = 3250
+
+    response = post(world.ingest, payload)
+
+    assert response.json()["rejected"] == []
+    event = stored(payload["id"])
+    assert (event.prompt_tokens, event.cached_tokens, event.cache_write_tokens) == (3300, 3000, 200)
+    assert event.usage == {"input_audio_tokens": 3250}
+
+
 def test_it_records_a_failed_call_as_an_error_with_its_message(world):
     response = post(world.ingest, [log("failure")])
 

@@ -170,6 +170,38 @@ def test_it_prices_cache_reads_and_records_errors(world):
     assert (error.status, error.error_message, error.cost) == ("error", "Request timed out.", Decimal(0))
 
 
+def test_it_records_the_conventions_usage_breakdowns(world):
+    call = span(chat(**{
+        "gen_ai.usage.audio.input_tokens": 300, "gen_ai.usage.image.input_tokens": 200,
+        "gen_ai.usage.video.input_tokens": 100, "gen_ai.usage.audio.output_tokens": 40,
+        "gen_ai.usage.reasoning.output_tokens": 250, "gen_ai.usage.cache_read.input_tokens": 400,
+        "gen_ai.usage.cache_creation.input_tokens": 100,
+    }))
+
+    response = send(world.ingest, export(call), encoding="json")
+
+    assert response.status_code == 200, response.content
+    event = UsageEvent.objects.get(request_id=request_id(call))
+    assert (event.cached_tokens, event.cache_write_tokens) == (400, 100)
+    assert event.usage == {"input_audio_tokens": 300, "input_image_tokens": 200, "input_video_tokens": 100,
+                           "output_audio_tokens": 40, "output_reasoning_tokens": 250}
+
+
+def test_a_breakdown_larger_than_its_total_is_kept_aside_and_the_span_recorded(world):
+    call = span(chat(**{"gen_ai.usage.reasoning.output_tokens": 501, "gen_ai.usage.audio.input_tokens": "many",
+                        "gen_ai.usage.audio.output_tokens": 20}))
+
+    response = send(world.ingest, export(call))
+
+    assert response.status_code == 200, response.content
+    assert not answer(response).HasField("partial_success")
+    event = UsageEvent.objects.get(request_id=request_id(call))
+    assert event.usage == {"output_audio_tokens": 20}
+    assert event.metadata["usage_ignored"] == {"gen_ai.usage.audio.input_tokens": "many",
+                                               "gen_ai.usage.reasoning.output_tokens": 501}
+    assert event.cost == Decimal("0.006")  # priced on its totals
+
+
 def test_it_takes_team_and_user_from_resource_attributes(world):
     call = span(chat())
 

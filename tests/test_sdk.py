@@ -582,6 +582,63 @@ def test_the_async_client_has_the_same_methods_as_coroutines(world, server):
     assert client.stats.sent == 8
 
 
+def test_it_sends_cache_writes_and_other_usage_sync_and_async(world, server, make_client):
+    usage = {"input_audio_tokens": 300, "output_reasoning_tokens": 200}
+    client = make_client(server.url, world.both)
+    answer = client.track_request(**CALL, cache_write_tokens=100, usage=usage, team_alias="chatbot",
+                                  request_id="sync-wait", wait=True)
+    client.track_request(**CALL, cache_write_tokens=50, usage={"output_audio_tokens": 10}, team_alias="chatbot",
+                         request_id="sync-queued")
+    assert client.flush(timeout=30)
+
+    async def main():
+        async with AsyncMetricsClient(base_url=server.url, api_key=world.both, flush_interval=60.0) as aio:
+            waited = await aio.track_request(**CALL, cache_write_tokens=100, usage=usage, team_alias="chatbot",
+                                             request_id="async-wait", wait=True)
+            await aio.track_request(**CALL, usage={"input_image_tokens": 5}, team_alias="chatbot",
+                                    request_id="async-queued")
+            assert await aio.flush(timeout=30)
+            return waited
+
+    waited = asyncio.run(main())
+
+    assert answer["status"] == waited["status"] == "success"
+    stored = {e.request_id: e for e in UsageEvent.objects.filter(organization=world.acme)}
+    assert (stored["sync-wait"].cache_write_tokens, stored["sync-wait"].usage) == (100, usage)
+    assert (stored["sync-queued"].cache_write_tokens, stored["sync-queued"].usage) == (50, {"output_audio_tokens": 10})
+    assert (stored["async-wait"].cache_write_tokens, stored["async-wait"].usage) == (100, usage)
+    assert stored["async-queued"].usage == {"input_image_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    "usage, message",
+    [
+        ("lots", "must be a dict"),
+        ({"input_audio_tokens": "300"}, "input_audio_tokens must be an integer"),
+        ({"input_audio_tokens": 1.5}, "input_audio_tokens must be a whole number"),
+        ({"input_audio_tokens": -1}, "input_audio_tokens must not be negative"),
+        ({"input_audio_tokens": True}, "input_audio_tokens must be an integer"),
+        ({"": 1}, "keys must be non-empty strings"),
+    ],
+)
+def test_it_checks_usage_before_queueing(world, make_client, usage, message):
+    client = make_client("http://127.0.0.1:9", world.ingest, strict=True)  # nothing is sent
+    with pytest.raises(MetricsValidationError) as caught:
+        client.track_request(**CALL, usage=usage)
+    assert list(caught.value.errors) == ["usage"]
+    assert message in caught.value.errors["usage"][0]
+    assert client.stats.rejected == 1
+
+
+def test_the_server_names_a_usage_key_it_does_not_know(world, server, make_client):
+    client = make_client(server.url, world.ingest, strict=True)
+    with pytest.raises(MetricsValidationError) as caught:
+        client.track_request(**CALL, usage={"input_smell_tokens": 3}, wait=True)
+    assert caught.value.status_code == 400
+    assert "usage.input_smell_tokens" in caught.value.errors
+    assert stored_ids(world.acme) == []
+
+
 # --- the seed's examples, as written ------------------------------------------------------------------
 
 SEED_EXAMPLES = '''

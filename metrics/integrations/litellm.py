@@ -11,6 +11,9 @@ body's shape decides too) or one object per request (`single`). Each object beco
 | prompt_tokens, output_tokens, total_tokens | `prompt_tokens`, `completion_tokens`, `total_tokens` |
 | cached_tokens | `metadata.usage_object.prompt_tokens_details.cached_tokens` or `.cache_read_input_tokens` |
 | cache_write_tokens | `metadata.usage_object.cache_creation_input_tokens` |
+| usage.input_audio_tokens | `metadata.usage_object.prompt_tokens_details.audio_tokens` (likewise `image`) |
+| usage.output_audio_tokens | `metadata.usage_object.completion_tokens_details.audio_tokens` (likewise `image`) |
+| usage.output_reasoning_tokens | `metadata.usage_object.completion_tokens_details.reasoning_tokens` |
 | timestamp | `startTime` (epoch seconds) |
 | latency_ms | `endTime − startTime` |
 | time_to_first_token_ms | `completionStartTime − startTime`, when the first chunk came before the end |
@@ -33,6 +36,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from metrics.schemas import NOT_UTF8, EventIn, MalformedBody, field_errors, is_utf8, parse_json_body
+
+from .usage_parts import usage_parts
 
 MAX_ERROR_MESSAGE = 4000  # EventIn's limit; LiteLLM's error strings can carry whole tracebacks
 MAX_TAGS, MAX_TAG_LENGTH = 50, 100
@@ -193,6 +198,20 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# (genai-prices usage key, which details object of LiteLLM's usage, its field there)
+USAGE_DETAILS = (
+    ("input_audio_tokens", "prompt_tokens_details", "audio_tokens"),
+    ("input_image_tokens", "prompt_tokens_details", "image_tokens"),
+    ("output_audio_tokens", "completion_tokens_details", "audio_tokens"),
+    ("output_reasoning_tokens", "completion_tokens_details", "reasoning_tokens"),
+    ("output_image_tokens", "completion_tokens_details", "image_tokens"),
+)
+
+
+def _usage_details(usage: dict[str, Any]) -> dict[str, Any]:
+    return {key: _mapping(usage.get(holder)).get(name) for key, holder, name in USAGE_DETAILS}
+
+
 def usage_event(log: Any) -> EventIn:
     """One LiteLLM StandardLoggingPayload as a validated usage event, or `LogRejected`."""
     if isinstance(log, MalformedBody):
@@ -261,6 +280,12 @@ def usage_event(log: Any) -> EventIn:
                 fields["prompt_tokens"] = prompt + written
                 if _whole(fields.get("total_tokens")):
                     fields["total_tokens"] += written
+        parts, ignored = usage_parts(fields, _usage_details(usage))
+        if parts:
+            fields["usage"] = parts
+        if ignored:
+            # A detail larger than its total (or not a count) is no usage we can price: kept as sent.
+            extra["usage_ignored"] = ignored
 
     if fields["status"] == "error":
         information = _mapping(log.get("error_information"))

@@ -15,6 +15,9 @@ ignored: an agent span's usage repeats that of the model calls inside it.
 | output_tokens | `gen_ai.usage.output_tokens`, else `gen_ai.usage.completion_tokens` |
 | cached_tokens | `gen_ai.usage.cache_read.input_tokens` |
 | cache_write_tokens | `gen_ai.usage.cache_creation.input_tokens` |
+| usage.input_audio_tokens | `gen_ai.usage.audio.input_tokens` (likewise `image`, `video`) |
+| usage.output_audio_tokens | `gen_ai.usage.audio.output_tokens` |
+| usage.output_reasoning_tokens | `gen_ai.usage.reasoning.output_tokens` |
 | timestamp, latency_ms | span start; end − start |
 | status, error_message | span status ERROR (or an `error.type` attribute) → `error`; status message or `error.type` |
 | query_type | `gen_ai.operation.name` |
@@ -44,12 +47,22 @@ from pydantic import ValidationError
 
 from metrics.schemas import EventIn, MalformedBody, field_errors
 
+from .usage_parts import usage_parts
+
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
 CONTENT_TYPES = (JSON, PROTOBUF)
 
 MODEL_CALLS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
 NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
+# The GenAI conventions' usage breakdowns (each a part of its input or output total) → genai-prices keys.
+USAGE_PARTS = (
+    ("gen_ai.usage.audio.input_tokens", "input_audio_tokens"),
+    ("gen_ai.usage.image.input_tokens", "input_image_tokens"),
+    ("gen_ai.usage.video.input_tokens", "input_video_tokens"),
+    ("gen_ai.usage.audio.output_tokens", "output_audio_tokens"),
+    ("gen_ai.usage.reasoning.output_tokens", "output_reasoning_tokens"),
+)
 USAGE_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
               "gen_ai.usage.prompt_tokens", "gen_ai.usage.completion_tokens")
 MAX_ERROR_MESSAGE = 4000
@@ -235,6 +248,9 @@ def _event(span: Span, attributes: dict[str, Any], resource: dict[str, Any]) -> 
             fields[field] = value
     if "model" not in fields:
         raise SpanRejected("gen_ai.request.model: is required (or gen_ai.response.model)")
+    parts, ignored = usage_parts(fields, {key: attributes.get(attribute) for attribute, key in USAGE_PARTS})
+    if parts:
+        fields["usage"] = parts
 
     error_type = attributes.get("error.type")
     if span.status.code == Status.STATUS_CODE_ERROR or error_type not in (None, ""):
@@ -251,6 +267,11 @@ def _event(span: Span, attributes: dict[str, Any], resource: dict[str, Any]) -> 
                       ("gen_ai.usage.cache_creation.input_tokens", "cache_creation_input_tokens")):
         if isinstance(attributes.get(key), (str, int)) and not isinstance(attributes.get(key), bool):
             extra[name] = attributes[key] if isinstance(attributes[key], int) else attributes[key][:200]
+    if ignored:
+        # A breakdown larger than its total (or not a count) cannot be priced: kept as sent.
+        extra["usage_ignored"] = {
+            attribute: ignored[key] for attribute, key in USAGE_PARTS if key in ignored
+        }
     fields["metadata"] = extra
 
     try:

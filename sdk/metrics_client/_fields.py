@@ -27,6 +27,7 @@ EVENT_FIELDS: dict[str, str] = {
     "total_tokens": "integer",
     "cached_tokens": "integer",
     "cache_write_tokens": "integer",
+    "usage": "usage",
     "latency_ms": "number",
     "time_to_first_token_ms": "number",
     "cache_hit": "boolean",
@@ -154,6 +155,28 @@ def _object(value: Any) -> dict:
     return value
 
 
+def _usage(value: Any) -> dict[str, int]:
+    """Other billed usage by genai-prices key ({"input_audio_tokens": 120}): whole counts of 0 or more.
+
+    Which keys exist, and that a part stays within its total, the server checks (it knows the
+    catalog's keys; this package does not depend on it).
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError('must be a dict of usage key -> count, e.g. {"input_audio_tokens": 120}')
+    counts: dict[str, int] = {}
+    for key, count in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError("keys must be non-empty strings")
+        try:
+            number = _integer(count)
+        except ValueError as exc:
+            raise ValueError(f"{key} {exc}") from None
+        if number < 0:
+            raise ValueError(f"{key} must not be negative")
+        counts[key] = number
+    return counts
+
+
 def _tags(value: Any) -> list[str]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
         raise ValueError("must be a list of strings")
@@ -181,6 +204,7 @@ _CHECKS = {
     "boolean": _boolean,
     "timestamp": _timestamp,
     "object": _object,
+    "usage": _usage,
     "tags": _tags,
     "event_status": _choice("event_status"),
     "batch_status": _choice("batch_status"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -106,6 +107,7 @@ class AsyncMetricsClient(_ClientBase):
         error_message: str | None = None,
         cached_tokens: int | None = None,
         cache_write_tokens: int | None = None,
+        usage: Mapping[str, int] | None = None,
         time_to_first_token_ms: float | None = None,
         cache_similarity_score: float | None = None,
         is_batched: bool | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from ._fields import BATCH_FIELDS, BATCH_REQUIRED, CACHE_FIELDS, clean, event_payload, now_utc
@@ -186,6 +187,7 @@ class SyncMetricsClient(_ClientBase):
         error_message: str | None = None,
         cached_tokens: int | None = None,
         cache_write_tokens: int | None = None,
+        usage: Mapping[str, int] | None = None,
         time_to_first_token_ms: float | None = None,
         cache_similarity_score: float | None = None,
         is_batched: bool | None = None,
