@@ -257,9 +257,11 @@ def assert_stored_as_sent(sent: dict):
     assert event.total_tokens == sent.get("total_tokens", sent["prompt_tokens"] + sent["output_tokens"])
     for name in ("time_to_first_token_ms", "cache_similarity_score", "batch_size"):
         assert getattr(event, name) == sent.get(name), name
-    for name in ("batch_id", "user_id", "end_user", "query_type", "error_message", "provider"):
+    for name in ("batch_id", "user_id", "end_user", "query_type", "error_message"):
         if name in sent:
             assert getattr(event, name) == sent[name], name
+    if "provider" in sent:  # `provider` is the price's (none here: the model is unpriced); as sent:
+        assert event.provider_requested == sent["provider"]
     assert event.metadata == sent.get("metadata", {})
     assert event.tags == sent.get("tags", [])
     prompt_cost, output_cost = sent.get("prompt_cost"), sent.get("output_cost")
