@@ -120,10 +120,20 @@ class JobFailureAdmin(admin.ModelAdmin):
 
 @admin.register(RepriceRequest)
 class RepriceRequestAdmin(admin.ModelAdmin):
-    """Price changes whose events are still being repriced (written by saving a price; deleted when done)."""
+    """Repricing runs: written by a price change (a platform price, or an organization's override or
+    discount); kept once finished as the record of what the run changed."""
 
-    list_display = ("provider", "model", "start", "end", "organization_ids", "attempts", "not_before", "claimed_at")
-    readonly_fields = list_display
+    list_display = (
+        "created_at", "organization", "reason", "provider", "model", "start", "end", "events_changed",
+        "cost_before", "cost_after", "finished_at", "attempts", "not_before",
+    )
+    list_select_related = ("organization",)
+    list_filter = (("finished_at", admin.EmptyFieldListFilter),)
+    search_fields = ("reason", "provider", "model", "organization__slug")
+    readonly_fields = (
+        "organization", "reason", "provider", "model", "start", "end", "organization_ids", "events_changed",
+        "cost_before", "cost_after", "finished_at", "attempts", "not_before", "claimed_at", "created_at",
+    )
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -308,16 +308,25 @@ class JobFailure(models.Model):
 
 
 class RepriceRequest(models.Model):
-    """Events that a price change may have re-priced and that still wait for it.
+    """A repricing of the events a price change may have re-priced: the work, then its record.
 
-    Written in the transaction that changes the price and deleted once every organization's events
-    in the window are repriced, so the work lives in the database, not only in the task queue: a
-    repricing lost with the queue (Redis restarted, the broker unreachable when the price was saved,
-    a worker killed) is found again by the periodic sweep.
+    Written in the transaction that changes the price, so the work lives in the database, not
+    only in the task queue: a repricing lost with the queue (Redis restarted, the broker
+    unreachable when the price was saved, a worker killed) is found again by the periodic sweep,
+    which takes only unfinished ones. Once every organization's events in the window are
+    repriced, `finished_at` is set and the row stays as the run's record: how many events
+    changed and what they cost before and after (summed over every attempt).
     """
 
-    provider = models.CharField(max_length=64)
-    model = models.CharField(max_length=200)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False,
+        help_text="Whose price list changed (empty: a platform price, every organization's events).",
+    )
+    reason = models.CharField(
+        max_length=300, blank=True, help_text="What changed, e.g. “override openai/gpt-4o created”."
+    )
+    provider = models.CharField(max_length=64, blank=True, help_text="Empty: every provider.")
+    model = models.CharField(max_length=200, blank=True, help_text="Empty: every model (of the provider).")
     start = models.DateTimeField()
     end = models.DateTimeField(null=True, blank=True)
     organization_ids = models.JSONField(
@@ -327,6 +336,18 @@ class RepriceRequest(models.Model):
     not_before = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    events_changed = models.PositiveBigIntegerField(default=0, help_text="Events whose cost or price changed.")
+    cost_before = MoneySumField(default=0, help_text="What the changed events cost before (USD).")
+    cost_after = MoneySumField(default=0, help_text="What they cost after (USD).")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="Empty: still to run (or retrying).")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["not_before"], condition=models.Q(finished_at__isnull=True),
+                         name="reprice_unfinished"),
+            models.Index(fields=["organization", "-created_at"], name="reprice_runs_of_org"),
+        ]  # fmt: skip
 
     def __str__(self) -> str:
-        return f"reprice {self.provider}/{self.model} from {self.start:%Y-%m-%d %H:%M}"
+        scope = "/".join(part for part in (self.provider, self.model) if part) or "every model"
+        return f"reprice {scope} from {self.start:%Y-%m-%d %H:%M}"

@@ -2,12 +2,14 @@
 
 The pricing part of billing announces a change (`billing.pricing.price_changed`) inside the
 transaction that makes it; `price_change_record` writes a `RepriceRequest` in that same
-transaction and queues its task after the commit. The request is deleted once every
-organization's events in the window are repriced, so the work never lives only in the queue: a
-task that could not be queued (the broker away) or was lost with it (Redis restarted, a worker
-killed) is run by `reprice_requests_sweep`, every minute. An organization whose repricing fails
-(recorded as a JobFailure) stays in the request and is retried after a growing pause, never
-given up: a price must end up applied.
+transaction and queues its task after the commit. A platform price concerns every
+organization's events; an organization's override or discount only that organization's. The
+request is finished (and kept, as the run's record: events changed, total before and after)
+once every organization's events in the window are repriced, so the work never lives only in
+the queue: a task that could not be queued (the broker away) or was lost with it (Redis
+restarted, a worker killed) is run by `reprice_requests_sweep`, every minute. An organization
+whose repricing fails (recorded as a JobFailure) stays in the request and is retried after a
+growing pause, never given up: a price must end up applied.
 """
 
 from __future__ import annotations
@@ -33,12 +35,22 @@ REPRICE_CLAIM_TIMEOUT = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
 
 
 @receiver(price_changed)
-def price_change_record(*, provider: str, model: str, start: datetime, end: datetime | None, **kwargs) -> None:
+def price_change_record(
+    *, provider: str, model: str, start: datetime, end: datetime | None, organization_id: int | None = None,
+    reason: str = "", **kwargs,
+) -> None:
     from .tasks import events_reprice  # tasks import this module
 
-    if not UsageEvent.objects.exists():  # a fresh install (sync_prices' first run) has nothing to reprice
-        return
-    request = RepriceRequest.objects.create(provider=provider, model=model, start=start, end=end)
+    if organization_id is None:
+        if not UsageEvent.objects.exists():  # a fresh install (sync_prices' first run) has nothing to reprice
+            return
+        request = RepriceRequest.objects.create(provider=provider, model=model, start=start, end=end,
+                                                reason=reason[:300])
+    else:  # always recorded: the organization's Prices page shows the run, even one that changed nothing
+        request = RepriceRequest.objects.create(
+            provider=provider, model=model, start=start, end=end, reason=reason[:300],
+            organization_id=organization_id, organization_ids=[organization_id],
+        )  # fmt: skip
 
     def enqueue() -> None:
         try:
@@ -51,11 +63,13 @@ def price_change_record(*, provider: str, model: str, start: datetime, end: date
 
 
 def _claimable(now: datetime) -> Q:
-    return Q(not_before__lte=now) & (Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - REPRICE_CLAIM_TIMEOUT))
+    unclaimed = Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - REPRICE_CLAIM_TIMEOUT)
+    return Q(finished_at__isnull=True, not_before__lte=now) & unclaimed
 
 
 def reprice_request_run(request_id: int, *, now: datetime | None = None) -> int:
-    """Run one recorded repricing if it is due and no live worker holds it; returns events updated."""
+    """Run one recorded repricing if it is due, unfinished and no live worker holds it; returns
+    events updated. What each attempt changed is added to the request's record."""
     now = now or datetime.now(UTC)
     if RepriceRequest.objects.filter(_claimable(now), pk=request_id).update(claimed_at=now) != 1:
         return 0
@@ -64,15 +78,22 @@ def reprice_request_run(request_id: int, *, now: datetime | None = None) -> int:
         provider=request.provider, model=request.model, start=request.start, end=request.end,
         organization_ids=request.organization_ids,
     )  # fmt: skip
+    # The claim makes this worker the only writer of the record, so the sums are added here.
+    record = {
+        "events_changed": request.events_changed + result.updated,
+        "cost_before": request.cost_before + result.cost_before,
+        "cost_after": request.cost_after + result.cost_after,
+    }
     if result.failed_organizations:
         RepriceRequest.objects.filter(pk=request_id).update(
             organization_ids=result.failed_organizations,
             attempts=F("attempts") + 1,
             not_before=datetime.now(UTC) + retry_pause(request.attempts + 1),
             claimed_at=None,
+            **record,
         )
     else:
-        RepriceRequest.objects.filter(pk=request_id).delete()
+        RepriceRequest.objects.filter(pk=request_id).update(finished_at=datetime.now(UTC), claimed_at=None, **record)
     return result.updated
 
 

@@ -37,6 +37,7 @@ from .models import (
     DirtyHour,
     HourlyRollup,
     HourlyTeamTotal,
+    RepriceRequest,
     UsageEvent,
 )
 from .rollups import DAY, HOUR, SUM_FIELDS, bucket_ranges, ceil_to, day_of, hour_of
@@ -903,3 +904,11 @@ def request_page(*, events: QuerySet[UsageEvent], sort: str, offset: int, limit:
     for row in rows:
         row["team_alias"] = row.pop("team__alias")
     return rows
+
+
+def reprice_runs(*, scope: AccessScope, limit: int = 10) -> list[RepriceRequest]:
+    """The latest repricing runs of the organization's own price list changes, newest first. Their
+    totals are organization-wide, so a principal limited to some teams sees none."""
+    if not scope.sees_whole_organization:
+        return []
+    return list(RepriceRequest.objects.filter(organization=scope.organization).order_by("-created_at", "-id")[:limit])

@@ -52,6 +52,12 @@ class AccessScope:
         only a principal who sees every team may read them."""
         return self.team_ids is None
 
+    @property
+    def manages_whole_organization(self) -> bool:
+        """Organization-wide settings (its price list) change every team's figures: only an owner or
+        admin who sees every team changes them."""
+        return self.can_manage and self.team_ids is None
+
     def teams(self) -> QuerySet[Team]:
         teams = Team.objects.filter(organization=self.organization)
         if self.team_ids is not None:

@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from billing.models import Budget, BudgetAlert, ModelPrice
+from billing.models import Budget, BudgetAlert, ModelPrice, OrganizationDiscount, OrganizationPrice
 from billing.services import budget_create
 from metrics.models import BatchRun, CacheStat, JobFailure, RepriceRequest, UsageEvent
 from teams.access import authenticate_token
@@ -27,6 +27,8 @@ MODELS = {
     "billing/budget": Budget,
     "billing/budgetalert": BudgetAlert,
     "billing/modelprice": ModelPrice,
+    "billing/organizationprice": OrganizationPrice,
+    "billing/organizationdiscount": OrganizationDiscount,
     "metrics/usageevent": UsageEvent,
     "metrics/cachestat": CacheStat,
     "metrics/batchrun": BatchRun,
@@ -52,6 +54,9 @@ def everything(world):
     JobFailure.objects.create(job="rollups", organization=world.acme, key="hour 2026-01-01T00:00:00+00:00",
                               consecutive_failures=1, total_failures=1, last_error="RuntimeError: boom\n\nTraceback")
     RepriceRequest.objects.create(provider="testprov", model="test-model", start=datetime(2026, 1, 1, tzinfo=UTC))
+    OrganizationPrice.objects.create(organization=world.acme, provider="testprov", model="test-model",
+                                     input_per_mtok=1, output_per_mtok=2)
+    OrganizationDiscount.objects.create(organization=world.acme, percent=10)
     return world
 
 
@@ -200,7 +205,11 @@ def test_it_lists_every_model_in_a_number_of_queries_that_does_not_grow_with_row
         CacheStat.objects.create(organization=world.acme, team=team)
         BatchRun.objects.create(organization=world.acme, team=team, batch_id=f"extra-{i}", batch_size=1)
         JobFailure.objects.create(job="rollups", organization=world.acme, key=f"extra-{i}")
-        RepriceRequest.objects.create(provider="p", model=f"extra-{i}", start=datetime(2026, 1, 1, tzinfo=UTC))
+        RepriceRequest.objects.create(provider="p", model=f"extra-{i}", start=datetime(2026, 1, 1, tzinfo=UTC),
+                                      organization=world.acme)
+        OrganizationPrice.objects.create(organization=world.acme, provider="p", model=f"extra-{i}",
+                                         input_per_mtok=1, output_per_mtok=2)
+        OrganizationDiscount.objects.create(organization=world.acme, percent=i, model=f"extra-{i}")
         ingest(world.ingest, costing("0.5", team_alias=f"extra-{i}"))
     assert measure() == before
 

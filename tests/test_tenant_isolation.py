@@ -297,7 +297,10 @@ def test_repricing_goes_on_for_other_organizations_and_retries_the_failing_one(
     RepriceRequest.objects.update(not_before=datetime.now(UTC) - timedelta(seconds=1))
     assert reprice_requests_sweep() == 1
     assert UsageEvent.objects.get(organization=world.acme).cost == Decimal("0.004")
-    assert not RepriceRequest.objects.exists()
+    assert not RepriceRequest.objects.filter(finished_at__isnull=True).exists()  # kept as the run's record
+    request.refresh_from_db()  # the record adds up both attempts: globex's event, then acme's
+    assert (request.events_changed, request.cost_before, request.cost_after) == (
+        2, Decimal("0.004"), Decimal("0.008"))
     failure.refresh_from_db()
     assert failure.resolved_at is not None
 

@@ -22,4 +22,7 @@ def reprice_after_change(*, provider: str, model: str, effective_from, daily: bo
     )
     forget_price_book()  # this process prices its next event with the change...
     transaction.on_commit(forget_price_book)  # ...and not with a book reloaded before the commit
-    price_changed.send(sender=ModelPrice, provider=provider, model=model, start=effective_from, end=end)
+    price_changed.send(
+        sender=ModelPrice, provider=provider, model=model, start=effective_from, end=end, organization_id=None,
+        reason=f"platform price {provider}/{model} changed",
+    )
