@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
@@ -447,13 +447,11 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
 
 
 def _prices_url(scope: AccessScope) -> str | None:
-    """The organization's Prices page, for those who may set a price there (owners and admins)."""
-    if not scope.can_manage:
+    """The organization's Prices page, for those who may set a price there (owners and admins who
+    see the whole organization: a price list changes every team's figures)."""
+    if not scope.manages_whole_organization:
         return None
-    try:
-        return reverse("prices", args=[scope.organization.slug])
-    except NoReverseMatch:  # the Prices page is not installed: the notice names the models without a link
-        return None
+    return reverse("prices", args=[scope.organization.slug])
 
 
 def _average(value) -> str:
