@@ -31,6 +31,9 @@ SHAPES = {
               "usage": {"input_audio_tokens": 1500, "output_audio_tokens": 600}},
     "searches and reasoning": {"prompt_tokens": 500, "output_tokens": 900,
                                "usage": {"web_searches": 2, "output_reasoning_tokens": 400}},
+    "reasoning": {"prompt_tokens": 500, "output_tokens": 900, "usage": {"output_reasoning_tokens": 400}},
+    "image input": {"prompt_tokens": 1500, "output_tokens": 100, "cached_tokens": 300,
+                    "usage": {"input_image_tokens": 1000}},
 }  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from genai_prices import types as genai
 from billing.models.prices import ModelPrice, OrganizationDiscount, OrganizationPrice
 
 from .money import QUANTUM
-from .rates import COLUMN_KEYS, genai_model_price, match_rule
+from .rates import COLUMN_KEYS, genai_model_price, match_rule, priced_usage_keys
 
 COST_QUANTUM = QUANTUM  # the precision money columns store (billing.pricing.money)
 Key = tuple[str, str]  # (provider, model) of a platform price
@@ -76,6 +76,7 @@ class Price:
     per_request: Rate | None  # USD per thousand requests
     daily: tuple[time_of_day, time_of_day] | None = None  # UTC window it applies in, if any
     extra: dict = field(default_factory=dict)  # the stored extra_prices (for display)
+    priced: frozenset[str] = frozenset()  # the usage keys it has a price for
 
     @classmethod
     def of(
@@ -105,6 +106,7 @@ class Price:
             cache_read=rates.cache_read_mtok,
             cache_write=rates.cache_write_mtok, per_request=rates.requests_kcount, daily=daily,
             extra=dict(extra_prices or {}),
+            priced=priced_usage_keys({key for key, value in rates.__dict__.items() if value is not None}),
         )  # fmt: skip
 
     @property

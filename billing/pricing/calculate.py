@@ -19,6 +19,7 @@ from genai_prices import Usage as GenaiUsage
 from genai_prices import types as genai
 
 from .book import COST_QUANTUM, Key, Price, PriceBook, Rate
+from .rates import related_usage_keys
 
 MILLION = Decimal(1_000_000)
 THOUSAND = Decimal(1_000)
@@ -95,11 +96,21 @@ def _rate(rate: Rate | None, input_tokens: int) -> Decimal:
     return rate
 
 
+def _needs_decomposition(price: Price, extra: Mapping[str, int]) -> bool:
+    """Whether other usage counts change this price's charge: only when the price has a rate for
+    one of them or for a part or a whole of one (reasoning tokens under a price without a reasoning
+    rate are output tokens like the others, and genai-prices bills them so)."""
+    return any(
+        value and key != "requests" and not price.priced.isdisjoint(related_usage_keys(key))
+        for key, value in extra.items()
+    )
+
+
 def cost_of(price: Price, usage: Usage) -> Cost:
     """What `price` charges for `usage`, exactly as genai-prices' calculator answers."""
     # genai-prices bills one request per call; a client may say a call made several.
     requests = usage.extra.get("requests", 1)
-    if usage.extra.keys() - {"requests"}:
+    if _needs_decomposition(price, usage.extra):
         try:
             answer = price.rates.calc_price(usage.genai())
         except ValueError as error:

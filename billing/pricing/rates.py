@@ -231,3 +231,24 @@ def usage_problem(fields: Mapping[str, int], extra: Any) -> tuple[str, str] | No
                 named = EVENT_FIELD_KEYS.get(total) or f"usage.{total}"
                 return f"usage.{key}", f"must not exceed {named} ({values[total]})"
     return None
+
+
+@cache
+def related_usage_keys(key: str) -> frozenset[str]:
+    """The usage keys whose count can change what a price charges when `key` is reported: those it
+    is part of or that are part of it (input_audio_tokens: input_tokens, cache_audio_read_tokens,
+    …), leaving out the event's own four counts, which are always reported."""
+    own = set(unit_data[key].get("dimensions", {}).items())
+    related = {
+        other
+        for other, unit in unit_data.items()
+        if (dims := set(unit.get("dimensions", {}).items())) <= own or own <= dims
+    }
+    return frozenset(related - set(EVENT_FIELD_KEYS))
+
+
+def priced_usage_keys(price_keys_set: Any) -> frozenset[str]:
+    """The usage keys a set of price keys prices (input_audio_mtok → input_audio_tokens)."""
+    return frozenset(
+        usage_key for usage_key, unit in unit_data.items() if unit.get("price_key", usage_key) in price_keys_set
+    )
