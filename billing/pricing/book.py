@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from genai_prices import types as genai
@@ -77,6 +77,8 @@ class Price:
     daily: tuple[time_of_day, time_of_day] | None = None  # UTC window it applies in, if any
     extra: dict = field(default_factory=dict)  # the stored extra_prices (for display)
     priced: frozenset[str] = frozenset()  # the usage keys it has a price for
+    # (input, output, cache read, cache write, per request) when none is tiered: what most events need
+    flat: tuple[Decimal, Decimal, Decimal | None, Decimal | None, Decimal | None] | None = None
 
     @classmethod
     def of(
@@ -100,6 +102,12 @@ class Price:
             "cache_write_mtok": cache_write_per_mtok,
         }
         rates = genai_model_price(columns, extra_prices or {})
+        common = (
+            rates.input_mtok or Decimal(0), rates.output_mtok or Decimal(0), rates.cache_read_mtok,
+            rates.cache_write_mtok, rates.requests_kcount,
+        )  # fmt: skip
+        tiered = any(isinstance(rate, genai.TieredPrices) for rate in common)
+        flat = None if tiered else cast(tuple[Decimal, Decimal, Decimal | None, Decimal | None, Decimal | None], common)
         return cls(
             id=id, provider=provider, model=model, effective_from=effective_from, rates=rates,
             input=rates.input_mtok or Decimal(0), output=rates.output_mtok or Decimal(0),
@@ -107,6 +115,7 @@ class Price:
             cache_write=rates.cache_write_mtok, per_request=rates.requests_kcount, daily=daily,
             extra=dict(extra_prices or {}),
             priced=priced_usage_keys({key for key, value in rates.__dict__.items() if value is not None}),
+            flat=flat,
         )  # fmt: skip
 
     @property

@@ -108,9 +108,10 @@ def _needs_decomposition(price: Price, extra: Mapping[str, int]) -> bool:
 
 def cost_of(price: Price, usage: Usage) -> Cost:
     """What `price` charges for `usage`, exactly as genai-prices' calculator answers."""
+    extra = usage.extra
     # genai-prices bills one request per call; a client may say a call made several.
-    requests = usage.extra.get("requests", 1)
-    if _needs_decomposition(price, usage.extra):
+    requests = extra.get("requests", 1) if extra else 1
+    if extra and _needs_decomposition(price, extra):
         try:
             answer = price.rates.calc_price(usage.genai())
         except ValueError as error:
@@ -120,18 +121,26 @@ def cost_of(price: Price, usage: Usage) -> Cost:
             total += (requests - 1) * _rate(price.per_request, usage.prompt_tokens) / THOUSAND
         return Cost(answer["input_price"], answer["output_price"], total)
     tokens = usage.prompt_tokens
+    if price.flat is not None:
+        input_rate, output_rate, read_rate, write_rate, request_rate = price.flat
+    else:  # the tier this request's input tokens reach
+        input_rate, output_rate = _rate(price.input, tokens), _rate(price.output, tokens)
+        read_rate = None if price.cache_read is None else _rate(price.cache_read, tokens)
+        write_rate = None if price.cache_write is None else _rate(price.cache_write, tokens)
+        request_rate = None if price.per_request is None else _rate(price.per_request, tokens)
     # Parts without a price of their own are billed as input, as genai-prices decomposes usage.
-    cached = usage.cached_tokens if price.cache_read is not None else 0
-    written = usage.cache_write_tokens if price.cache_write is not None else 0
-    input_cost = (
-        (tokens - cached - written) * _rate(price.input, tokens)
-        + cached * _rate(price.cache_read, tokens)
-        + written * _rate(price.cache_write, tokens)
-    ) / MILLION
-    output_cost = usage.output_tokens * _rate(price.output, tokens) / MILLION
+    cached = usage.cached_tokens if read_rate is not None else 0
+    written = usage.cache_write_tokens if write_rate is not None else 0
+    input_cost = (tokens - cached - written) * input_rate
+    if read_rate is not None and cached:
+        input_cost += cached * read_rate
+    if write_rate is not None and written:
+        input_cost += written * write_rate
+    input_cost /= MILLION
+    output_cost = usage.output_tokens * output_rate / MILLION
     total = input_cost + output_cost
-    if price.per_request is not None:
-        total += requests * _rate(price.per_request, tokens) / THOUSAND
+    if request_rate is not None:
+        total += requests * request_rate / THOUSAND
     return Cost(input_cost, output_cost, total)
 
 
@@ -201,15 +210,20 @@ def _override(
 
 
 def _priced(source: str, cost: Cost, listed: Cost | None, platform: Price | None, provider: str, model: str):
+    total = cost.total.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
+    if listed is None:
+        list_cost = None
+    else:
+        list_cost = total if listed is cost else listed.total.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
     return PricedEvent(
-        cost_source=source,
-        prompt_cost=_money(cost.input),
-        output_cost=_money(cost.output),
-        cost=_money(cost.total),
-        list_cost=None if listed is None else _money(listed.total),
-        price_id=None if platform is None else platform.id,
-        provider=provider,
-        model=model,
+        source,
+        cost.input.quantize(COST_QUANTUM, ROUND_HALF_EVEN),
+        cost.output.quantize(COST_QUANTUM, ROUND_HALF_EVEN),
+        total,
+        list_cost,
+        None if platform is None else platform.id,
+        provider,
+        model,
     )
 
 
