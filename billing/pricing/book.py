@@ -266,6 +266,7 @@ class PriceBook:
             self._overrides.setdefault(entry, []).append(override)
         for series in self._overrides.values():
             series.sort(key=lambda o: o.price.effective_from, reverse=True)
+        self._listed = {entry[0] for entry in self._overrides}
         self._discounts: dict[int, list[Discount]] = {}
         for organization_id, discount in discounts:
             self._discounts.setdefault(organization_id, []).append(discount)
@@ -358,7 +359,7 @@ class PriceBook:
     # --- organizations' price lists -------------------------------------------------------------
 
     def has_price_lists(self, organization_id: int) -> bool:
-        return organization_id in self._discounts or any(key[0] == organization_id for key in self._overrides)
+        return organization_id in self._listed or organization_id in self._discounts
 
     def override_at(self, organization_id: int, provider: str, model: str, when: datetime) -> Price | None:
         for override in self._overrides.get((organization_id, provider, model.lower()), ()):

@@ -45,7 +45,8 @@ class CostSource:
     PRICED = frozenset({CATALOG, OVERRIDE, DISCOUNT})
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs several times more, and ingest builds these per event.
+@dataclass(slots=True)
 class Usage:
     """What one call used. `prompt_tokens` is the whole input (cache reads and writes, audio and
     image tokens included), as genai-prices' `input_tokens`; `extra` holds any other genai-prices
@@ -71,7 +72,7 @@ class UsageError(ValueError):
     """The usage's parts do not add up under this price (genai-prices' decomposition refused them)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cost:
     """Exact (unrounded) USD: input-side, output-side, and the total (which adds per-request and
     per-search charges, which are neither)."""
@@ -148,7 +149,7 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PricedEvent:
     """An event's cost and where it came from. Money is at the precision it is stored with."""
 
