@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.db import transaction
 from django.test import Client, RequestFactory
 
-from billing.pricing.admin import ModelPriceAdmin
 from billing.models import EPOCH, ModelPrice
+from billing.pricing.admin import ModelPriceAdmin
 from billing.pricing.book import forget_price_book, price_book
 from metrics.models import UsageEvent
 from tests.conftest import api, event
