@@ -1,19 +1,96 @@
-"""Pages for billing: the budgets list, and creating, editing and deleting budgets (owners and admins)."""
+"""Pages for billing: the teams with their spend and budgets (readers), the budgets list, and
+creating, editing and deleting budgets (owners and admins)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
 from django.contrib import messages
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
+from metrics.selectors import EventFilter, top_usage, usage_by
 from teams.access import AccessScope
+from teams.models import Organization
 from teams.web import org_page
 
 from .forms import BudgetForm
-from .models import Budget
+from .models import Budget, BudgetAlert
 from .overview import budget_rows
 from .services import budget_create
+
+# --- teams: spend against budgets ------------------------------------------------------------
+
+
+def month_start(organization: Organization, now: datetime) -> datetime:
+    """The first instant of the current calendar month in the organization's time zone."""
+    zone = ZoneInfo(organization.time_zone)
+    first = now.astimezone(zone).date().replace(day=1)
+    return datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
+
+
+def spend_by_team(scope: AccessScope, filters: EventFilter) -> dict[int, dict]:
+    """Cost and request count per visible team, from rollups plus the raw tail."""
+    return {key[0]: values for key, values in usage_by(scope=scope, filters=filters, fields=("team",)).items()}
+
+
+@org_page
+def teams(request, scope):
+    now = datetime.now(UTC)
+    start = month_start(scope.organization, now)
+    team_list = list(
+        scope.teams()
+        .annotate(budget_count=Count("budgets", filter=Q(budgets__is_active=True)))
+        .order_by("alias")
+    )
+    spend = spend_by_team(scope, EventFilter(start=start, end=now))
+    rows = [{"team": team, **spend.get(team.pk, {"cost": Decimal(0), "requests": 0})} for team in team_list]
+    context = {
+        "scope": scope, "nav": "teams", "rows": rows, "month_start": start,
+        "total": sum((row["cost"] for row in rows), Decimal(0)),
+    }
+    return render(request, "billing/teams.html", context)
+
+
+@org_page
+def team(request, scope, alias: str):
+    team = scope.team(alias)
+    organization = scope.organization
+    now = datetime.now(UTC)
+    start = month_start(organization, now)
+    # Organization-wide budgets count every team's spend: shown only to readers who see every team.
+    applies = Q(team=team) | Q(team__isnull=True) if scope.team_ids is None else Q(team=team)
+    budgets = list(
+        Budget.objects.filter(applies, organization=organization, is_active=True)
+        .select_related("organization", "team")
+        .order_by(F("team_id").asc(nulls_first=True), "user_id", "period", "id")
+    )
+    month = EventFilter(start=start, end=now, team_alias=team.alias)
+    alert_applies = (
+        Q(budget__team=team) | Q(budget__team__isnull=True) if scope.team_ids is None else Q(budget__team=team)
+    )
+    alerts = (
+        BudgetAlert.objects.filter(alert_applies, budget__organization=organization)
+        .select_related("budget__team")
+        .order_by("-created_at", "-id")[:50]
+    )
+    month_spend = spend_by_team(scope, month).get(team.pk, {})
+    context = {
+        "scope": scope, "nav": "teams", "team": team, "month_start": start,
+        "month_cost": month_spend.get("cost", Decimal(0)), "month_requests": month_spend.get("requests", 0),
+        "rows": budget_rows(budgets, now),
+        "top_users": top_usage(scope=scope, filters=month, dimension="user_id"),
+        "top_models": top_usage(scope=scope, filters=month, dimension="model"),
+        "alerts": list(alerts),
+        "sees_everything": scope.team_ids is None,
+    }
+    return render(request, "billing/team.html", context)
+
+
+# --- budgets ------------------------------------------------------------------------------------
 
 
 def _budgets(scope: AccessScope):

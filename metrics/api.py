@@ -16,7 +16,6 @@ from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.selectors import budget_check
 from llmcost_project.api_errors import (
     MAX_QUERY_COST_USD,
     QUERY_COST_DIGITS,
@@ -27,6 +26,7 @@ from llmcost_project.api_errors import (
 from teams.access import UnknownTeam
 from teams.authentication import CanIngest, CanRead
 
+from .ingest_hooks import budget_answer
 from .schemas import BatchRunIn, CacheStatIn, EventIn, MalformedBody, field_errors, parse_json_body
 from .selectors import EventFilter, dashboard_metrics, recent_requests, scoped_events
 from .services import batch_run_record, cache_stat_record, usage_events_record
@@ -91,7 +91,7 @@ class TrackView(APIView):
                 "tokens": result.tokens,
                 "duplicate": result.duplicate,
                 "priced": result.is_priced,
-                "budget": budget_check(
+                "budget": budget_answer(
                     organization=request.auth.organization, team=result.team, user_id=event.user_id
                 ),
             }
@@ -150,7 +150,7 @@ class EventBatchView(APIView):
         if recorded:
             teams = {r.team.pk: r.team for r in recorded}.values()
             body["budgets"] = {
-                team.alias: budget_check(organization=request.auth.organization, team=team, user_id=None)
+                team.alias: budget_answer(organization=request.auth.organization, team=team, user_id=None)
                 for team in teams
             }
         else:

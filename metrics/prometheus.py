@@ -9,14 +9,15 @@ from raw events, so a scrape costs the same at 10 M events as at 10 k:
   ingest), so `rate()` and `increase()` give spend and traffic over any window. Repricing a window
   to a lower price, deleting a team, or a model moving into or out of the top N (see below) makes a
   series go down, which Prometheus reads as a counter reset.
-- gauges: each active budget's spend, limit and used ratio for its current period, from hourly and
-  daily rollup rows (whole UTC hours: a period starting on a half hour counts from the next hour).
+- sections registered by the layers above metrics (`register_business_section`), rendered right
+  after the usage counters: billing's budgets part adds each active budget's spend, limit and used
+  ratio for its current period (billing/prometheus.py). metrics imports none of their code.
 
 Cardinality is bounded: per organization, the PROMETHEUS_TOP_MODELS costliest models (all-time)
 and the PROMETHEUS_TOP_TEAMS costliest teams keep their own label and the rest are summed under
-"other", so one organization yields at most (teams + 1) × (models + 1) series per metric. Budgets
-are one series each (admins create them). The rendered business metrics are cached for
-PROMETHEUS_CACHE_SECONDS in the shared cache, so frequent or parallel scrapes cost one computation.
+"other", so one organization yields at most (teams + 1) × (models + 1) series per metric. The
+rendered business metrics are cached for PROMETHEUS_CACHE_SECONDS in the shared cache, so frequent
+or parallel scrapes cost one computation.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import hmac
 import ipaddress
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -41,14 +42,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from billing.models import Budget
-from billing.selectors import budget_period
 from llmcost_project.api_errors import error_body
 from llmcost_project.db import Sum
 from teams.models import Organization, Team
 
-from .models import DailyRollup, DirtyHour, HourlyRollup, JobFailure
-from .rollups import DAY, HOUR, ceil_to, day_of, hour_of
+from .models import DailyRollup, DirtyHour, JobFailure
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +67,6 @@ USAGE_COLUMNS = (
     "latency_sum_ms",
 )
 USAGE_LABELS = ("organization", "team", "model")
-BUDGET_LABELS = ("organization", "team", "budget_id", "name", "scope", "period")
 
 
 # --- reads: rollups only ---------------------------------------------------------------------------
@@ -92,69 +89,29 @@ def rollup_usage_totals() -> list[dict]:
     return [{key: value or 0 for key, value in row.items()} for row in rows]
 
 
-def _window_sources(start: datetime, end: datetime) -> tuple[Q | None, Q | None]:
-    """Rollup rows covering [start, end): daily rows for whole UTC days, hourly rows for the rest."""
-    first_hour = ceil_to(start, hour_of, HOUR)
-    first_day, last_day = ceil_to(first_hour, day_of, DAY), day_of(end)
-    if first_day >= last_day:
-        return None, Q(start__gte=first_hour, start__lt=end)
-    daily = Q(start__gte=first_day, start__lt=last_day)
-    hourly = Q(start__gte=first_hour, start__lt=first_day) | Q(start__gte=last_day, start__lt=end)
-    return daily, hourly
-
-
-def _window_cost(*, organization_id: int, start: datetime, end: datetime) -> dict[int, Decimal]:
-    """Cost in the window per team, from the team-total rollup rows."""
-    totals: dict[int, Decimal] = defaultdict(Decimal)
-    daily, hourly = _window_sources(start, end)
-    for model_class, within in ((DailyRollup, daily), (HourlyRollup, hourly)):
-        if within is None:
-            continue
-        rows = (
-            model_class.objects.filter(within, organization_id=organization_id, is_team_total=True)
-            .values("team_id")
-            .annotate(cost=Sum("cost"))
-            .order_by()
-        )
-        for row in rows:
-            totals[row["team_id"]] += row["cost"] or Decimal(0)
-    return totals
-
-
-def budget_spends(now: datetime) -> list[tuple[Budget, Decimal]]:
-    """Every active budget with its spend so far in its current period.
-
-    Organization and team budgets sharing an organization and period are summed together from
-    team-total rollup rows: two grouped queries per window, however many budgets there are. Rollups
-    keep per-user rows by day only, so a user budget reports the spend its last evaluation found
-    (the budgets task, every minute; the figure its alerts use), and 0 in a period not yet evaluated.
-    """
-    budgets = list(Budget.objects.filter(is_active=True).select_related("organization", "team").order_by("id"))
-    windows: dict[tuple, list[Budget]] = defaultdict(list)
-    for budget in budgets:
-        try:
-            windows[(budget.organization_id, *budget_period(budget, now))].append(budget)
-        except Exception:  # one organization's bad setting (say, its time zone) costs only its own gauges
-            logger.exception("budget %s left out of /metrics", budget.pk)
-    spends = []
-    for (organization_id, start, end), group in windows.items():
-        per_team = None
-        for budget in group:
-            if budget.user_id:
-                evaluated = budget.evaluated_period_start == start and budget.evaluated_spend_usd is not None
-                spend = budget.evaluated_spend_usd if evaluated else Decimal(0)
-            else:
-                if per_team is None:
-                    per_team = _window_cost(organization_id=organization_id, start=start, end=end)
-                if budget.team_id is not None:
-                    spend = per_team.get(budget.team_id, Decimal(0))
-                else:
-                    spend = sum(per_team.values(), Decimal(0))
-            spends.append((budget, spend))
-    return spends
-
-
 # --- the business snapshot ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BusinessSection:
+    """Business metrics a layer above metrics adds to /metrics without metrics importing it.
+
+    `compute(now)` runs inside `business_snapshot` (so its figures are cached with the rest, and its
+    failure, like any other, yields llmcost_business_metrics_up 0); `families(figures)` renders what
+    it computed. Registered from the owning app's AppConfig.ready().
+    """
+
+    name: str
+    compute: Callable[[datetime], Any]
+    families: Callable[[Any], Iterable[Metric]]
+
+
+BUSINESS_SECTIONS: dict[str, BusinessSection] = {}
+
+
+def register_business_section(section: BusinessSection) -> None:
+    """Add (or, under the same name, replace) a section; sections render in registration order."""
+    BUSINESS_SECTIONS[section.name] = section
 
 
 @dataclass
@@ -164,8 +121,8 @@ class BusinessSnapshot:
     computed_at: float
     # (organization, team, model) labels -> sums of USAGE_COLUMNS
     usage: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    # BUDGET_LABELS values -> (spend, limit)
-    budgets: dict[tuple[str, ...], tuple[Decimal, Decimal]] = field(default_factory=dict)
+    # section name -> what its `compute` returned (see BusinessSection)
+    sections: dict[str, Any] = field(default_factory=dict)
     pending_hours: int = 0
     # job -> (failures ever recorded, units failing now): see metrics.failures
     job_failures: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -220,16 +177,8 @@ def business_snapshot(now: datetime | None = None) -> BusinessSnapshot:
         org_slugs=org_slugs,
         team_aliases=team_aliases,
     )
-    for budget, spend in budget_spends(now):
-        labels = (
-            budget.organization.slug,
-            budget.team.alias if budget.team is not None else "",
-            str(budget.pk),
-            budget.name,
-            "user" if budget.user_id else "team" if budget.team_id else "organization",
-            budget.period,
-        )
-        snapshot.budgets[labels] = (spend, budget.amount_usd)
+    for name, section in BUSINESS_SECTIONS.items():
+        snapshot.sections[name] = section.compute(now)
     snapshot.pending_hours = DirtyHour.objects.count()
     for job, total, failing in JobFailure.objects.values("job").annotate(
         total=Sum("total_failures"), failing=Count("id", filter=Q(resolved_at__isnull=True))
@@ -280,20 +229,9 @@ def business_metric_families(snapshot: BusinessSnapshot) -> Iterator[Metric]:
         latency.add_metric(values, sums["requests"], float(sums["latency_sum_ms"]) / 1000)
     yield from (cost, requests, errors, cache_hits, unpriced, tokens, latency)
 
-    spend = GaugeMetricFamily(
-        "llmcost_budget_spend_usd", "Spend so far in the budget's current period (rolled-up events).",
-        labels=BUDGET_LABELS,
-    )
-    limit = GaugeMetricFamily("llmcost_budget_limit_usd", "The budget's limit per period.", labels=BUDGET_LABELS)
-    ratio = GaugeMetricFamily(
-        "llmcost_budget_used_ratio", "Spend divided by limit in the current period (1 = limit reached).",
-        labels=BUDGET_LABELS,
-    )
-    for budget_labels, (spent, amount) in sorted(snapshot.budgets.items()):
-        spend.add_metric(list(budget_labels), float(spent))
-        limit.add_metric(list(budget_labels), float(amount))
-        ratio.add_metric(list(budget_labels), float(spent / amount))
-    yield from (spend, limit, ratio)
+    for name, section in BUSINESS_SECTIONS.items():
+        if name in snapshot.sections:
+            yield from section.families(snapshot.sections[name])
 
     yield GaugeMetricFamily(
         "llmcost_rollup_pending_hours", "Hours with events not yet rolled up (business metrics lag them).",

@@ -3,8 +3,6 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
-    path("teams/", views.teams, name="teams"),
-    path("teams/<str:alias>/", views.team, name="team"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token-revoke"),
     path("members/", views.members, name="members"),

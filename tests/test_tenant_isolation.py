@@ -321,4 +321,4 @@ def test_an_organization_with_a_broken_setting_costs_only_its_own_budgets(world)
     assert (failure.job, failure.key) == ("budget_evaluate", f"budget {broken.pk}")
     assert "Mars/Olympus_Mons" in failure.last_error
     snapshot = business_snapshot()  # /metrics still carries every other budget
-    assert [labels[2] for labels in snapshot.budgets] == [str(budget.pk)]
+    assert [labels[2] for labels in snapshot.sections["budgets"]] == [str(budget.pk)]

@@ -1,17 +1,8 @@
-"""Money for people: $1,234.57 (sub-cent amounts keep enough digits to not read as zero)."""
-
-from decimal import ROUND_HALF_EVEN, Decimal
+"""The `usd` filter for billing's templates: money as billing's pricing part formats it."""
 
 from django import template
 
+from billing.pricing.formatting import usd
+
 register = template.Library()
-
-
-@register.filter
-def usd(value) -> str:
-    if value is None or value == "":
-        return "—"
-    amount = Decimal(value)
-    if amount != 0 and abs(amount) < Decimal("0.01"):
-        return f"${amount.quantize(Decimal('0.000001'), ROUND_HALF_EVEN).normalize():f}"
-    return f"${amount.quantize(Decimal('0.01'), ROUND_HALF_EVEN):,}"
+register.filter("usd", usd)

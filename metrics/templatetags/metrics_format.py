@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from django import template
 
-from billing.templatetags.humanize_money import usd
+from billing.pricing.formatting import usd
 
 register = template.Library()
 register.filter("usd", usd)
