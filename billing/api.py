@@ -1,13 +1,26 @@
-"""The budget check a gateway calls before each LLM call."""
+"""The budget check a gateway calls before each LLM call, and reservations (reserve, release)."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llmcost_project.api_errors import QueryParams
-from teams.authentication import CanIngestOrRead
+from billing.pricing.book import COST_QUANTUM, price_book
+from billing.pricing.calculate import Usage, UsageError, price_event
+from llmcost_project.api_errors import QueryParams, error_body
+from teams.authentication import CanIngest, CanIngestOrRead
 
+from .reservations import (
+    DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
+    reservation_release,
+    reservation_reserve,
+    reserve_answer_for,
+)
 from .selectors import budget_check, budget_check_for
 
 
@@ -35,3 +48,96 @@ class BudgetCheckView(APIView):
             team = None
         answer = budget_check(organization=scope.organization, team=team, user_id=query.validated_data.get("user_id"))
         return Response(budget_check_for(scope, answer))
+
+
+class ReserveBody(serializers.Serializer):
+    team_alias = serializers.CharField(required=False, max_length=100)
+    user_id = serializers.CharField(required=False, max_length=255)
+    end_user = serializers.CharField(required=False, max_length=255)
+    request_id = serializers.CharField(required=False, max_length=128)
+    amount = serializers.DecimalField(
+        required=False, max_digits=22, decimal_places=10, min_value=Decimal(0), max_value=Decimal("1e9")
+    )
+    model = serializers.CharField(required=False, max_length=200)
+    provider = serializers.CharField(required=False, max_length=64)
+    prompt_tokens = serializers.IntegerField(required=False, min_value=0, max_value=100_000_000)
+    max_output_tokens = serializers.IntegerField(required=False, min_value=0, max_value=100_000_000)
+    ttl_seconds = serializers.IntegerField(required=False, min_value=1, max_value=MAX_TTL_SECONDS)
+
+    def validate(self, attrs):
+        priced = ("model", "prompt_tokens", "max_output_tokens")
+        if "amount" in attrs:
+            if any(name in attrs for name in priced):
+                raise serializers.ValidationError({"amount": ["Give amount or model + tokens, not both."]})
+            return attrs
+        missing = [name for name in priced if name not in attrs]
+        if len(missing) == len(priced):
+            raise serializers.ValidationError(
+                {"amount": ["Give amount, or model, prompt_tokens and max_output_tokens."]}
+            )
+        if missing:
+            raise serializers.ValidationError({name: ["This field is required with model."] for name in missing})
+        return attrs
+
+
+def _reserve_team(request, alias: str | None):
+    scope = request.user.scope
+    if request.auth.team_id is not None:  # a pinned token reserves for its own team only
+        return scope.team(alias) if alias else request.auth.team
+    if alias:  # a team with no events yet has no team budgets; the organization's still apply
+        return scope.teams().filter(alias=alias).first()
+    return None
+
+
+def _estimate(token, data: dict) -> Decimal:
+    if "amount" in data:
+        return data["amount"].quantize(COST_QUANTUM)
+    try:
+        priced = price_event(
+            price_book(), organization_id=token.organization_id, model=data["model"], provider=data.get("provider"),
+            when=datetime.now(UTC),
+            usage=Usage(prompt_tokens=data["prompt_tokens"], output_tokens=data["max_output_tokens"]),
+        )  # fmt: skip
+    except UsageError as error:
+        raise ValidationError({"model": [str(error)]}) from None
+    if not priced.is_priced:
+        raise ValidationError({"model": [f"No price for {data['model']!r}: send amount instead."]})
+    return priced.cost
+
+
+class ReserveView(APIView):
+    """Hold an estimate on every budget that applies; allowed only if every hard budget has room."""
+
+    permission_classes = [CanIngest]
+
+    @extend_schema(request=ReserveBody, responses={200: dict}, summary="Reserve budget for one LLM call")
+    def post(self, request):
+        body = ReserveBody(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        team = _reserve_team(request, data.get("team_alias"))
+        answer = reservation_reserve(
+            token=request.auth, team=team, amount=_estimate(request.auth, data), user_id=data.get("user_id"),
+            end_user=data.get("end_user"), request_id=data.get("request_id"),
+            ttl_seconds=data.get("ttl_seconds", DEFAULT_TTL_SECONDS),
+        )  # fmt: skip
+        return Response(reserve_answer_for(request.user.scope, answer))
+
+
+class ReleaseBody(serializers.Serializer):
+    reservation_id = serializers.UUIDField()
+
+
+class ReleaseView(APIView):
+    """Free a reservation's hold at once (the call was not made)."""
+
+    permission_classes = [CanIngest]
+
+    @extend_schema(request=ReleaseBody, responses={200: dict, 404: dict}, summary="Release a reservation")
+    def post(self, request):
+        body = ReleaseBody(data=request.data)
+        body.is_valid(raise_exception=True)
+        answer = reservation_release(token=request.auth, reservation_id=body.validated_data["reservation_id"])
+        if answer is None:
+            return Response(error_body("No such reservation."), status=404)
+        return Response(answer)

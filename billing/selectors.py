@@ -38,7 +38,15 @@ def budget_period(budget: Budget, now: datetime) -> tuple[datetime, datetime]:
 
 
 def budget_spend(budget: Budget, start: datetime, end: datetime, now: datetime) -> Decimal:
-    """Spend of the budget's scope from `start` until `now` (rollups plus the open tail)."""
+    """Spend of the budget's scope from `start` until `now` (rollups plus the open tail).
+
+    A token budget's spend is what its reservations settled (events do not record the token);
+    an end user budget reads raw events (rollups do not keep end users).
+    """
+    if budget.token_id is not None or budget.end_user:
+        from .reservations import scoped_spend  # the reservations part builds on this module
+
+        return scoped_spend(budget, start, min(end, now))
     scope = AccessScope(
         organization=budget.organization,
         team_ids=None if budget.team_id is None else frozenset([budget.team_id]),
@@ -86,9 +94,7 @@ class BudgetStatus:
 
     @property
     def scope(self) -> str:
-        if self.budget.team_id is None:
-            return "organization"
-        return "user" if self.budget.user_id else "team"
+        return self.budget.scope
 
     def as_dict(self) -> dict:
         return {
@@ -126,13 +132,19 @@ def budget_status(budget: Budget, now: datetime | None = None, *, fresh: bool = 
     return BudgetStatus(budget=budget, period_start=start, period_end=end, spend=spend, now=now)
 
 
-def applicable_budgets(*, organization: Organization, team: Team | None, user_id: str | None) -> list[Budget]:
-    """The organization's budgets, the team's, and the user's within the team."""
+def applicable_budgets(
+    *, organization: Organization, team: Team | None, user_id: str | None, end_user: str | None = None,
+    token_id: int | None = None,
+) -> list[Budget]:
+    """The organization's budgets, the team's, and the user's within the team; with `end_user` or
+    `token_id`, also the budgets of that end user and that token (each within its team, if any)."""
     applies = Q(team__isnull=True)
     if team is not None:
         applies |= Q(team=team, user_id="")
         if user_id:
             applies |= Q(team=team, user_id=user_id)
+    applies &= Q(end_user="") | Q(end_user=end_user or "", end_user__gt="")
+    applies &= Q(token__isnull=True) | Q(token_id=token_id) if token_id is not None else Q(token__isnull=True)
     budgets = Budget.objects.filter(applies, organization=organization, is_active=True)
     return list(budgets.select_related("organization", "team").order_by("id"))
 

@@ -36,9 +36,16 @@ def budget_create(
     is_hard: bool = False,
     extra_emails: list[str] | None = None,
     name: str = "",
+    end_user: str = "",
+    token=None,
+    on_error: str = Budget.OnError.ALLOW,
 ) -> Budget:
     if team is not None and team.organization_id != organization.pk:
         raise ValueError("The team belongs to another organization.")
+    if token is not None and token.organization_id != organization.pk:
+        raise ValueError("The token belongs to another organization.")
+    if on_error not in Budget.OnError.values:
+        raise ValueError("on_error is allow or deny.")
     if user_id and team is None:
         raise ValueError("A user budget needs a team.")
     amount_usd = Decimal(amount_usd)
@@ -52,6 +59,7 @@ def budget_create(
     return Budget.objects.create(
         organization=organization, team=team, user_id=user_id, amount_usd=amount_usd, period=period,
         thresholds=thresholds, is_hard=is_hard, extra_emails=list(extra_emails or []), name=name,
+        end_user=end_user, token=token, on_error=on_error,
     )
 
 

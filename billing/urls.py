@@ -4,4 +4,6 @@ from . import api
 
 urlpatterns = [
     path("budget/check", api.BudgetCheckView.as_view(), name="budget-check"),
+    path("budget/reserve", api.ReserveView.as_view(), name="budget-reserve"),
+    path("budget/release", api.ReleaseView.as_view(), name="budget-release"),
 ]

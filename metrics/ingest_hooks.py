@@ -6,13 +6,21 @@ user of the events it just recorded, and puts what it returns in its response (`
 /api/v1/track, `budgets` per team in /api/v1/events). billing registers its answer from
 BillingConfig.ready(). With none registered (metrics without billing's budgets part) the answer
 is None: the fields are still there, as null, so a response has the same keys either way.
+
+Listeners registered with `register_events_recorded` hear of every event stored (by any ingest
+path: all go through usage_events_record) once its transaction has committed; billing's
+reservations settle their holds there.
 """
 
 from __future__ import annotations
 
+import logging
+from decimal import Decimal
 from typing import Protocol
 
 from teams.models import Organization, Team
+
+logger = logging.getLogger(__name__)
 
 
 class BudgetAnswer(Protocol):
@@ -34,3 +42,30 @@ def budget_answer(*, organization: Organization, team: Team | None, user_id: str
     if _budget_answer is None:
         return None
     return _budget_answer(organization=organization, team=team, user_id=user_id)
+
+
+class EventsRecorded(Protocol):
+    def __call__(self, organization_id: int, events: list[tuple[str, Decimal]]) -> None: ...
+
+
+# Told of every event ingest stored, once its transaction committed (reservations settle on it).
+_events_recorded: list[EventsRecorded] = []
+
+
+def register_events_recorded(callback: EventsRecorded) -> None:
+    """Call `callback(organization_id, [(request_id, cost), …])` after each ingest commits."""
+    if callback not in _events_recorded:
+        _events_recorded.append(callback)
+
+
+def events_recorded_listened() -> bool:
+    return bool(_events_recorded)
+
+
+def events_recorded(organization_id: int, events: list[tuple[str, Decimal]]) -> None:
+    """Tell every listener; one that fails is logged and does not stop the others (or ingest)."""
+    for callback in _events_recorded:
+        try:
+            callback(organization_id, events)
+        except Exception:
+            logger.exception("an events-recorded listener failed")

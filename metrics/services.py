@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from functools import reduce
+from functools import partial, reduce
 from operator import itemgetter, or_
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from teams.access import TeamResolver, UnknownTeam, scope_for_token
 from teams.models import ApiToken, Team
 
 from .failures import JobRun
+from .ingest_hooks import events_recorded, events_recorded_listened
 from .models import BatchRun, CacheStat, UsageEvent
 from .rollups import mark_hours_dirty
 from .schemas import BatchRunIn, CacheStatIn, EventIn
@@ -339,6 +340,9 @@ def usage_events_record(
             row[_TIMESTAMP].replace(minute=0, second=0, microsecond=0) for row in rows if row[_REQUEST_ID] in inserted
         }
         mark_hours_dirty(organization_id=token.organization_id, moments=hours)
+        if inserted and events_recorded_listened():  # after commit: a listener sees the events stored
+            stored = [(row[_REQUEST_ID], row[_COST]) for row in rows if row[_REQUEST_ID] in inserted]
+            transaction.on_commit(partial(events_recorded, token.organization_id, stored))
 
     stored_as: dict[Any, tuple[Any, ...]] = {
         row[_REQUEST_ID]: (row[_COST], row[_IS_PRICED], row[_TOTAL_TOKENS]) for row in rows

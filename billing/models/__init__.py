@@ -2,8 +2,9 @@
 
 from .budgets import Budget, BudgetAlert, default_thresholds
 from .prices import EPOCH, PRICE_BOUNDS, ModelPrice, OrganizationDiscount, OrganizationPrice
+from .reservations import BudgetLedger, Reservation, ReservationHold
 
 __all__ = [
-    "EPOCH", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "OrganizationDiscount", "OrganizationPrice",
-    "default_thresholds",
+    "EPOCH", "PRICE_BOUNDS", "Budget", "BudgetAlert", "BudgetLedger", "ModelPrice", "OrganizationDiscount",
+    "OrganizationPrice", "Reservation", "ReservationHold", "default_thresholds",
 ]

@@ -29,6 +29,13 @@ class Budget(models.Model):
         help_text="Empty: the whole organization.",
     )
     user_id = models.CharField(max_length=255, blank=True, help_text="Limit one user within the team.")
+    end_user = models.CharField(
+        max_length=255, blank=True, help_text="Limit one end user (a customer of the organization's product)."
+    )
+    token = models.ForeignKey(
+        "teams.ApiToken", null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
+        help_text="Limit what is reserved with this API token.",
+    )
     name = models.CharField(max_length=200, blank=True)
     amount_usd = models.DecimalField(max_digits=18, decimal_places=6)
     period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTHLY)
@@ -38,6 +45,15 @@ class Budget(models.Model):
     )
     extra_emails = models.JSONField(default=list, blank=True, help_text="Also alert these addresses.")
     is_active = models.BooleanField(default=True)
+
+    class OnError(models.TextChoices):
+        ALLOW = "allow", "Allow"
+        DENY = "deny", "Deny"
+
+    on_error = models.CharField(
+        max_length=8, choices=OnError.choices, default=OnError.ALLOW,
+        help_text="The reservation answer when the store behind reservations cannot be reached.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     # The last evaluation's answer (every minute, by the budgets task), for readers that must not
     # query usage themselves, such as the Prometheus scrape.
@@ -60,16 +76,35 @@ class Budget(models.Model):
             raise ValidationError({"team": "This team belongs to another organization."})
         if self.user_id and self.team_id is None:
             raise ValidationError({"user_id": "A user budget needs a team."})
+        if self.token is not None and self.token.organization_id != self.organization_id:
+            raise ValidationError({"token": "This token belongs to another organization."})
         if any(not isinstance(t, int) or not 0 < t <= 1000 for t in self.thresholds or [None]):
             raise ValidationError({"thresholds": "Give percentages between 1 and 1000, e.g. [50, 80, 100]."})
 
     @property
     def scope_label(self) -> str:
         if self.team is None:
-            return f"{self.organization.slug} (organization)"
-        if self.user_id:
-            return f"{self.organization.slug}/{self.team.alias} user {self.user_id}"
-        return f"{self.organization.slug}/{self.team.alias}"
+            label = f"{self.organization.slug} (organization)"
+        elif self.user_id:
+            label = f"{self.organization.slug}/{self.team.alias} user {self.user_id}"
+        else:
+            label = f"{self.organization.slug}/{self.team.alias}"
+        if self.end_user:
+            label += f" end user {self.end_user}"
+        if self.token_id is not None:
+            label += f" token {self.token}"
+        return label
+
+    @property
+    def scope(self) -> str:
+        """The narrowest dimension the budget limits."""
+        if self.token_id is not None:
+            return "token"
+        if self.end_user:
+            return "end_user"
+        if self.team_id is None:
+            return "organization"
+        return "user" if self.user_id else "team"
 
 
 class BudgetAlert(models.Model):

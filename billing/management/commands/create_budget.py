@@ -6,11 +6,11 @@ from django.core.validators import validate_email
 
 from billing.models import Budget
 from billing.services import budget_create
-from teams.models import Organization, Team
+from teams.models import ApiToken, Organization, Team
 
 
 class Command(BaseCommand):
-    help = "Create a budget for an organization, a team, or a user within a team."
+    help = "Create a budget for an organization, a team, a user within a team, an end user or an API token."
 
     def add_arguments(self, parser):
         parser.add_argument("org_slug")
@@ -22,8 +22,17 @@ class Command(BaseCommand):
         parser.add_argument("--hard", action="store_true", help="Refuse budget checks once the limit is reached.")
         parser.add_argument("--email", action="append", default=[], help="Extra alert recipient (repeatable).")
         parser.add_argument("--name", default="")
+        parser.add_argument("--end-user", default="", help="End user id (a customer of the organization's product).")
+        parser.add_argument("--token", default="", help="API token prefix (lc_xxxxxxxx): limit what it reserves.")
+        parser.add_argument(
+            "--on-error", default=Budget.OnError.ALLOW, choices=Budget.OnError.values,
+            help="Reservation answer when the store cannot be reached (default: allow).",
+        )
 
-    def handle(self, *args, org_slug, team, user, amount, period, thresholds, hard, email, name, **options):
+    def handle(
+        self, *args, org_slug, team, user, amount, period, thresholds, hard, email, name, end_user, token, on_error,
+        **options,
+    ):
         organization = Organization.objects.filter(slug=org_slug).first()
         if organization is None:
             raise CommandError(f"No organization {org_slug!r}.")
@@ -32,6 +41,12 @@ class Command(BaseCommand):
             pinned = Team.objects.filter(organization=organization, alias=team).first()
             if pinned is None:
                 raise CommandError(f"No team {team!r} in {org_slug}.")
+        api_token = None
+        if token:
+            lookup = token.removeprefix(ApiToken.PREFIX).split("_", 1)[0]
+            api_token = ApiToken.objects.filter(organization=organization, lookup=lookup).first()
+            if api_token is None:
+                raise CommandError(f"No token {token!r} in {org_slug}.")
         try:
             amount_usd = Decimal(amount)
             percentages = [int(part) for part in thresholds.split(",") if part.strip()]
@@ -46,6 +61,7 @@ class Command(BaseCommand):
             budget = budget_create(
                 organization=organization, team=pinned, user_id=user, amount_usd=amount_usd, period=period,
                 thresholds=percentages, is_hard=hard, extra_emails=email, name=name,
+                end_user=end_user, token=api_token, on_error=on_error,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
