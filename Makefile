@@ -7,7 +7,7 @@ PORT ?= 8000
 # Local runs are development runs unless told otherwise; the secret lives in var/ (not in git).
 RUN_ENV := DEBUG=$${DEBUG:-true} SECRET_KEY=$${SECRET_KEY:-$$(cat var/secret_key)}
 
-.PHONY: install run test lint bench-ingest bench-dashboard clean
+.PHONY: install run test lint bench-ingest bench-dashboard bench-budget clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-ingest: install
 
 bench-dashboard: install
 	$(BIN)/python tests/benchmarks/bench_dashboard.py
+
+bench-budget: install
+	$(BIN)/python tests/benchmarks/bench_budget.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -18,7 +18,7 @@ from metrics.selectors import EventFilter, usage_by
 from teams.access import AccessScope
 
 from .models import Budget
-from .selectors import BudgetStatus, budget_period
+from .selectors import BudgetStatus, budget_period, budget_spend
 
 NEAR_FRACTION = Decimal("0.8")
 
@@ -83,7 +83,9 @@ def budget_rows(budgets: list[Budget], now: datetime | None = None) -> list[Budg
         user_ids = {b.user_id for b in members if b.user_id}
         by_user = _grouped_cost(scope, filters, per_user=True, user_ids=user_ids) if user_ids else {}
         for budget in members:
-            if budget.team_id is None:
+            if budget.end_user or budget.token_id is not None:  # scopes the grouped sums do not keep
+                spend[budget.pk] = budget_spend(budget, start, end, now)
+            elif budget.team_id is None:
                 spend[budget.pk] = sum(by_team.values(), Decimal(0))
             elif budget.user_id:
                 spend[budget.pk] = by_user.get((budget.team_id, budget.user_id), Decimal(0))

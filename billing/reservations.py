@@ -5,19 +5,30 @@ request id afterwards; the event settles the hold (its real cost replaces the es
 
 Mechanism: one ledger row per (budget, period), locked with SELECT … FOR UPDATE in budget-id
 order inside one transaction (on SQLite, whose transactions here begin IMMEDIATE, writers are
-serialised instead). Under the locks the reservation reads the open holds, then the settled
-spend, decides for every hard budget at once and writes its holds before committing, so no two
-reservations can both take the last room (no check-then-write). It works on both supported
-databases without Redis, which the embedded default may not have, and a lock per budget period
-keeps reservations on unrelated budgets from waiting for each other.
+serialised instead). Under the locks a reservation sums the holds, decides for every hard budget
+at once and writes its holds before committing, so no two reservations can both take the last
+room (no check-then-write). It works on both supported databases without Redis, which the
+embedded default may not have, and a lock per budget period keeps reservations on unrelated
+budgets from waiting for each other.
 
-Settled spend is the budget's exact spend for the period (`budget_spend`, uncached: rollups for
-closed clean hours plus raw events), not a counter the ingest hook keeps: a counter would drift
-with backdated events, repricing, retention and any event whose hook did not run, while the
-spend query is the same figure every other budget reader shows. The order of the reads makes it
-exact: settlement closes a hold only after its event has committed, so reading the open holds
-before the spend counts a settling call either as a hold or as spend, at worst (for the moment
-between the two reads) as both, never as neither.
+Settled spend is the budget's exact spend for the period (`budget_spend`: rollups for closed
+clean hours plus raw events), not a counter the ingest hook keeps: a counter would drift with
+backdated events, repricing, retention and any event whose hook did not run, while the spend
+query is the figure every other budget reader shows. It is read before the locks are taken (it
+is the slow part, and reading it under them would make every reservation of an organization wait
+for it), together with the moment it was read, `read_at`. Under the locks a reservation then
+counts the open holds and the holds settled at or after `read_at` (at their real cost). That is
+exact: settlement closes a hold only after its event committed, and `closed_at` and `read_at`
+come from one clock (the database's on PostgreSQL, so app servers' clocks may differ), so a hold
+closed before `read_at` has its event in the spend that was read, and one closed after is counted
+from the hold. A call is counted twice only in the moment between its event's commit and its
+settlement, which errs towards refusing. Token budgets need no such window: their spend is their
+settled holds, summed under the locks.
+
+RESERVE_SPEND_CACHE_SECONDS (default 1) lets reservations reuse a spend read (and the list of
+budgets that apply) that long ago: reserved calls stay exact (the window starts at the read), but
+events ingested without a reservation, and budgets just created or changed, count up to that much
+later. 0 reads both for every reservation (about ten more queries each).
 
 Settlement and release never take the ledger locks: closing a hold only frees room.
 """
@@ -30,9 +41,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 
 from llmcost_project.db import Sum
 from llmcost_project.degraded import degraded
@@ -111,26 +124,68 @@ def _ensure_ledgers(periods: dict[int, datetime]) -> None:
         _ledgers_known.update(missing)
 
 
-def _open_holds(periods: dict[int, datetime], now: datetime) -> dict[int, Decimal]:
+def _held(periods: dict[int, datetime], since: dict[int, datetime | None], now: datetime) -> dict[int, Decimal]:
+    """Per budget: its open, unexpired holds at their estimates, plus the holds settled at or after
+    `since[budget]` (None: none) at their real costs. One query."""
+    held = dict.fromkeys(periods, Decimal(0))
     if not periods:
-        return {}
+        return held
     which = Q()
     for budget_id, start in periods.items():
-        which |= Q(budget_id=budget_id, period_start=start)
+        counted = Q(is_open=True, expires_at__gt=now)
+        if since.get(budget_id) is not None:
+            counted |= Q(is_open=False, cost__isnull=False, closed_at__gte=since[budget_id])
+        which |= Q(budget_id=budget_id, period_start=start) & counted
     rows = (
-        ReservationHold.objects.filter(which, is_open=True, expires_at__gt=now)
-        .values("budget_id")
-        .annotate(total=Sum("amount"))
-        .values_list("budget_id", "total")
+        ReservationHold.objects.filter(which)
+        .values("budget_id", "is_open")
+        .annotate(estimates=Sum("amount"), costs=Sum("cost"))
+        .values_list("budget_id", "is_open", "estimates", "costs")
     )
-    held = dict.fromkeys(periods, Decimal(0))
-    held.update({budget_id: total or Decimal(0) for budget_id, total in rows})
+    for budget_id, is_open, estimates, costs in rows:
+        held[budget_id] += (estimates if is_open else costs) or Decimal(0)
     return held
+
+
+def database_now() -> datetime:
+    """The clock settlement's `closed_at` and a spend read's `read_at` share: PostgreSQL's, so
+    that app servers whose clocks differ still agree; elsewhere (SQLite: one host) this one's."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement_timestamp()")
+            return cursor.fetchone()[0]
+    return datetime.now(UTC)
+
+
+def _settled_spend(budget: Budget, start: datetime, end: datetime, now: datetime) -> tuple[Decimal, datetime]:
+    """The budget's spend this period and the moment it was read (before the read began)."""
+    ttl = settings.RESERVE_SPEND_CACHE_SECONDS
+    key = f"reserve-spend:{budget.pk}:{start.isoformat()}"
+    if ttl > 0:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    read_at = database_now()
+    spend = budget_spend(budget, start, end, now)
+    if ttl > 0:
+        cache.set(key, (spend, read_at), ttl)
+    return spend, read_at
 
 
 def _budgets_key(organization_id: int, team_id, user_id, end_user, token_id) -> str:
     raw = f"{team_id}|{user_id}|{end_user}|{token_id}"
     return f"reserve-budgets:{organization_id}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
+
+
+def _applicable(key: str, **scope) -> list[Budget]:
+    """applicable_budgets, reused for RESERVE_SPEND_CACHE_SECONDS: a changed budget binds that much later."""
+    ttl = settings.RESERVE_SPEND_CACHE_SECONDS
+    budgets = cache.get(f"{key}:list") if ttl > 0 else None
+    if budgets is None:
+        budgets = applicable_budgets(**scope)
+        if ttl > 0:
+            cache.set(f"{key}:list", budgets, ttl)
+    return budgets
 
 
 def reservation_reserve(
@@ -149,9 +204,8 @@ def reservation_reserve(
     organization = token.organization
     key = _budgets_key(organization.pk, team.pk if team else None, user_id, end_user, token.pk)
     try:
-        budgets = applicable_budgets(
-            organization=organization, team=team, user_id=user_id, end_user=end_user, token_id=token.pk
-        )
+        budgets = _applicable(key, organization=organization, team=team, user_id=user_id, end_user=end_user,
+                              token_id=token.pk)  # fmt: skip
         return _reserve(
             token=token, team=team, budgets=budgets, amount=amount, user_id=user_id or "", end_user=end_user or "",
             request_id=request_id or "", ttl_seconds=ttl_seconds, now=now, budgets_key=key,
@@ -185,8 +239,14 @@ def _reserve(
     periods = {budget.pk: budget_period(budget, now) for budget in budgets}
     hard = [budget for budget in budgets if budget.is_hard]
     hard_starts = {budget.pk: periods[budget.pk][0] for budget in hard}
-    # Soft budgets never block: their spend comes from the (briefly cached) standing, outside the locks.
-    soft_spend = {budget.pk: budget_status(budget, now).spend for budget in budgets if not budget.is_hard}
+    spend: dict[int, Decimal] = {}
+    since: dict[int, datetime | None] = {}
+    for budget in budgets:
+        start, end = periods[budget.pk]
+        if not budget.is_hard:  # soft budgets never block: their (briefly cached) standing is reported
+            spend[budget.pk], since[budget.pk] = budget_status(budget, now).spend, None
+        elif budget.token_id is None:  # read before the locks: see the module docstring
+            spend[budget.pk], since[budget.pk] = _settled_spend(budget, start, end, now)
     _ensure_ledgers(hard_starts)
     expires_at = now + timedelta(seconds=ttl_seconds)
     existing = None
@@ -201,10 +261,10 @@ def _reserve(
                 raise DatabaseError("budget ledger rows missing")
         if request_id:  # a retried reserve gets its reservation back, never a second hold
             existing = Reservation.objects.filter(organization_id=token.organization_id, request_id=request_id).first()
-        # Holds first, then spend: see the module docstring.
-        held = _open_holds({budget.pk: periods[budget.pk][0] for budget in budgets}, now)
-        spend = {budget.pk: budget_spend(budget, periods[budget.pk][0], periods[budget.pk][1], now) for budget in hard}
-        spend.update(soft_spend)
+        held = _held({budget.pk: periods[budget.pk][0] for budget in budgets}, since, now)
+        for budget in hard:
+            if budget.token_id is not None:  # its settled holds are its spend: read under the locks
+                spend[budget.pk] = scoped_spend(budget, *periods[budget.pk])
         if existing is not None:
             allowed = existing.state == Reservation.State.OPEN and existing.expires_at > now
             reservation = existing
@@ -278,9 +338,14 @@ def reservation_release(*, token: ApiToken, reservation_id) -> dict | None:
             state=Reservation.State.RELEASED, closed_at=now
         )
         if released:
-            ReservationHold.objects.filter(reservation_id=reservation.pk).update(is_open=False)
+            ReservationHold.objects.filter(reservation_id=reservation.pk).update(is_open=False, closed_at=_closed_now())
     reservation.refresh_from_db(fields=["state"])
     return {"reservation_id": str(reservation.pk), "released": bool(released), "state": reservation.state}
+
+
+def _closed_now():
+    """`closed_at` on the clock `database_now` reads (Now() is statement_timestamp() on PostgreSQL)."""
+    return Now() if connection.vendor == "postgresql" else datetime.now(UTC)
 
 
 def reservations_settle(organization_id: int, events: list[tuple[str, Decimal]]) -> None:
@@ -309,4 +374,5 @@ def reservations_settle(organization_id: int, events: list[tuple[str, Decimal]])
                 pk=pk, state__in=[Reservation.State.OPEN, Reservation.State.RELEASED]
             ).update(state=Reservation.State.SETTLED, cost=cost, closed_at=now)
             if changed:
-                ReservationHold.objects.filter(reservation_id=pk).update(is_open=False, cost=cost)
+                holds = ReservationHold.objects.filter(reservation_id=pk)
+                holds.update(is_open=False, cost=cost, closed_at=_closed_now())

@@ -381,6 +381,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Budget spend is cached this long per budget for budget checks and ingest answers.
 BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
+# Reservations may reuse a budget's spend read this long ago (0: read it for every reservation;
+# see billing/reservations.py).
+RESERVE_SPEND_CACHE_SECONDS = env_int("RESERVE_SPEND_CACHE_SECONDS", 1)
 # Where links in emails point.
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 

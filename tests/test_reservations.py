@@ -34,6 +34,7 @@ def _fresh_spend(settings):
     fast_passwords(settings)
     private_cache(settings)
     settings.BUDGET_SPEND_CACHE_SECONDS = 0
+    settings.RESERVE_SPEND_CACHE_SECONDS = 0  # the tests that reuse a spend read say so
 
 
 def money(value) -> Decimal:
@@ -184,6 +185,17 @@ def test_the_event_settles_the_hold_at_its_real_cost(world):
     assert reserve(world.ingest, amount="0.000001")["allowed"] is False
 
 
+def test_a_reused_spend_read_still_counts_holds_settled_since(world, settings):
+    settings.RESERVE_SPEND_CACHE_SECONDS = 60
+    new_budget(world.acme, "1.00", team=world.chatbot, name="team")
+    reserve(world.ingest, amount="0.80", request_id="call-1")  # reads the spend: $0
+    ingest(world.ingest, costing("0.10", request_id="call-1"))
+    answer = reserve(world.ingest, amount="0.90")  # the $0 read again, plus the hold settled since
+    assert answer["allowed"] is True
+    assert money(by_name(answer)["team"]["spend"]) == 0
+    assert reserve(world.ingest, amount="0.000001")["allowed"] is False
+
+
 def test_an_event_is_stored_even_when_the_budget_is_exhausted(world):
     new_budget(world.acme, "0.10", team=world.chatbot, name="team")
     assert reserve(world.ingest, amount="0.10", request_id="a")["allowed"] is True
@@ -296,7 +308,7 @@ def _store_down(monkeypatch):
     def fail(*args, **kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(reservations, "_open_holds", fail)
+    monkeypatch.setattr(reservations, "_held", fail)
 
 
 @pytest.mark.parametrize(("on_error", "allowed"), [("allow", True), ("deny", False)])
@@ -346,8 +358,10 @@ def test_concurrent_reservations_grant_exactly_what_fits(world, spent):
     assert held + money(spent) <= money("1.00")
 
 
-def test_concurrent_gateways_never_overshoot_with_settlement(world):
-    """Each gateway reserves, and if allowed ingests its event at a real cost above the estimate."""
+@pytest.mark.parametrize("reuse_seconds", [0, 30])
+def test_concurrent_gateways_never_overshoot_with_settlement(world, settings, reuse_seconds):
+    """Each gateway reserves, and if allowed ingests its event at a real cost below the estimate."""
+    settings.RESERVE_SPEND_CACHE_SECONDS = reuse_seconds
     new_budget(world.acme, "1.00", name="org")
     new_budget(world.acme, "0.60", team=world.chatbot, name="team")
     clients = 30 if connection.vendor == "postgresql" else 16
@@ -391,3 +405,14 @@ def test_a_failing_listener_never_costs_an_event(world, monkeypatch):
     ingest(world.ingest, costing("0.20", request_id="kept"))
     assert UsageEvent.objects.filter(request_id="kept").exists()
     assert Reservation.objects.get(pk=held["reservation_id"]).state == Reservation.State.SETTLED
+
+
+def test_budget_pages_and_alerts_show_an_end_user_budgets_own_spend(world):
+    from billing.overview import budget_rows
+    from billing.selectors import budget_status
+
+    budget = new_budget(world.acme, "1.00", end_user="customer-7", name="customer")
+    ingest(world.ingest, costing("0.06", end_user="customer-7"), costing("0.50", end_user="customer-8"))
+    assert budget_status(budget, fresh=True).spend == money("0.06")
+    budget = Budget.objects.select_related("organization", "team").get(pk=budget.pk)
+    assert budget_rows([budget])[0].status.spend == money("0.06")

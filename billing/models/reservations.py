@@ -62,9 +62,9 @@ class Reservation(models.Model):
 
 
 class ReservationHold(models.Model):
-    """A reservation's amount held on one budget in one period. Open holds are summed under the
-    ledger lock; `is_open` and `expires_at` are copied from the reservation so that the sum reads
-    this table alone, through a partial index of the open holds."""
+    """A reservation's amount held on one budget in one period. Open holds (and holds settled since
+    the settled spend was read) are summed under the ledger lock; `is_open` and `expires_at` are
+    copied from the reservation so that the sum reads this table alone, through its indexes."""
 
     reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="holds")
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="+")
@@ -73,6 +73,9 @@ class ReservationHold(models.Model):
     expires_at = models.DateTimeField()
     is_open = models.BooleanField(default=True)
     cost = MoneyField(null=True, blank=True)  # type: ignore[misc]  # settled: the event's real cost
+    # When the hold closed, on the database's clock (PostgreSQL) so that it compares with the moment
+    # a reservation read the settled spend (see billing.reservations).
+    closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -81,7 +84,7 @@ class ReservationHold(models.Model):
                 condition=models.Q(is_open=True),
                 name="open_holds",
             ),
-            models.Index(fields=["budget", "period_start"], name="holds_of_period"),
+            models.Index(fields=["budget", "period_start", "closed_at"], name="closed_holds"),
         ]
 
     def __str__(self) -> str:
