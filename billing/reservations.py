@@ -157,7 +157,7 @@ def database_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _settled_spend(budget: Budget, start: datetime, end: datetime, now: datetime) -> tuple[Decimal, datetime]:
+def _settled_spend(budget: Budget, start: datetime, end: datetime) -> tuple[Decimal, datetime]:
     """The budget's spend this period and the moment it was read (before the read began)."""
     ttl = settings.RESERVE_SPEND_CACHE_SECONDS
     key = f"reserve-spend:{budget.pk}:{start.isoformat()}"
@@ -166,7 +166,9 @@ def _settled_spend(budget: Budget, start: datetime, end: datetime, now: datetime
         if cached is not None:
             return cached
     read_at = database_now()
-    spend = budget_spend(budget, start, end, now)
+    # The whole period, not only up to `now`: an event stamped after this reservation began (by
+    # another server, or a client's clock ahead) may have settled its hold before `read_at`.
+    spend = budget_spend(budget, start, end, end)
     if ttl > 0:
         cache.set(key, (spend, read_at), ttl)
     return spend, read_at
@@ -246,7 +248,7 @@ def _reserve(
         if not budget.is_hard:  # soft budgets never block: their (briefly cached) standing is reported
             spend[budget.pk], since[budget.pk] = budget_status(budget, now).spend, None
         elif budget.token_id is None:  # read before the locks: see the module docstring
-            spend[budget.pk], since[budget.pk] = _settled_spend(budget, start, end, now)
+            spend[budget.pk], since[budget.pk] = _settled_spend(budget, start, end)
     _ensure_ledgers(hard_starts)
     expires_at = now + timedelta(seconds=ttl_seconds)
     existing = None
@@ -278,7 +280,10 @@ def _reserve(
                     created_at=now,
                 )  # fmt: skip
                 try:
-                    with transaction.atomic():
+                    if request_id:  # its unique constraint may refuse it: inside a savepoint
+                        with transaction.atomic():
+                            reservation.save(force_insert=True)
+                    else:
                         reservation.save(force_insert=True)
                 except IntegrityError:  # the same request id reserved by another gateway just now
                     reservation = Reservation.objects.get(organization_id=token.organization_id, request_id=request_id)

@@ -416,3 +416,14 @@ def test_budget_pages_and_alerts_show_an_end_user_budgets_own_spend(world):
     assert budget_status(budget, fresh=True).spend == money("0.06")
     budget = Budget.objects.select_related("organization", "team").get(pk=budget.pk)
     assert budget_rows([budget])[0].status.spend == money("0.06")
+
+
+def test_spend_read_counts_events_stamped_after_the_reservation_began(world):
+    """An event stamped after a reservation's `now` but settled before its spend read is counted:
+    the read covers the whole period, not only up to `now`."""
+    new_budget(world.acme, "1.00", team=world.chatbot, name="team")
+    reserve(world.ingest, amount="0.50", request_id="r")
+    ingest(world.ingest, costing("0.50", request_id="r"))
+    began = datetime.now(UTC) - timedelta(seconds=30)
+    answer = reservation_reserve(token=world.tokens["ingest"], team=world.chatbot, amount=money("0.60"), now=began)
+    assert answer["allowed"] is False
