@@ -179,14 +179,21 @@ def _budgets_key(organization_id: int, team_id, user_id, end_user, token_id) -> 
     return f"reserve-budgets:{organization_id}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
 
 
-def _applicable(key: str, **scope) -> list[Budget]:
-    """applicable_budgets, reused for RESERVE_SPEND_CACHE_SECONDS: a changed budget binds that much later."""
+def _applicable(key: str, now: datetime, **scope) -> list[Budget]:
+    """applicable_budgets, reused for RESERVE_SPEND_CACHE_SECONDS: a changed budget binds that much later.
+
+    Each fresh read also leaves, for an hour, what a degraded answer needs to know of them."""
     ttl = settings.RESERVE_SPEND_CACHE_SECONDS
     budgets = cache.get(f"{key}:list") if ttl > 0 else None
     if budgets is None:
         budgets = applicable_budgets(**scope)
         if ttl > 0:
             cache.set(f"{key}:list", budgets, ttl)
+        known = [Figures(b, *budget_period(b, now), spend=None, reserved=None).as_dict() for b in budgets]
+        try:
+            cache.set(key, known, MAX_TTL_SECONDS)
+        except Exception:
+            logger.debug("could not cache the reservation's budgets", exc_info=True)
     return budgets
 
 
@@ -206,11 +213,11 @@ def reservation_reserve(
     organization = token.organization
     key = _budgets_key(organization.pk, team.pk if team else None, user_id, end_user, token.pk)
     try:
-        budgets = _applicable(key, organization=organization, team=team, user_id=user_id, end_user=end_user,
+        budgets = _applicable(key, now, organization=organization, team=team, user_id=user_id, end_user=end_user,
                               token_id=token.pk)  # fmt: skip
         return _reserve(
             token=token, team=team, budgets=budgets, amount=amount, user_id=user_id or "", end_user=end_user or "",
-            request_id=request_id or "", ttl_seconds=ttl_seconds, now=now, budgets_key=key,
+            request_id=request_id or "", ttl_seconds=ttl_seconds, now=now,
         )  # fmt: skip
     except DatabaseError as error:
         degraded("database", "budget reserve", error)
@@ -236,7 +243,7 @@ def _degraded_answer(budgets_key: str, now: datetime) -> dict:
 
 def _reserve(
     *, token: ApiToken, team: Team | None, budgets: list[Budget], amount: Decimal, user_id: str, end_user: str,
-    request_id: str, ttl_seconds: int, now: datetime, budgets_key: str,
+    request_id: str, ttl_seconds: int, now: datetime,
 ) -> dict:  # fmt: skip
     periods = {budget.pk: budget_period(budget, now) for budget in budgets}
     hard = [budget for budget in budgets if budget.is_hard]
@@ -307,10 +314,6 @@ def _reserve(
     answer_budgets = [
         Figures(b, periods[b.pk][0], periods[b.pk][1], spend[b.pk], held[b.pk]).as_dict() for b in budgets
     ]
-    try:  # what a degraded answer will know of this scope's budgets
-        cache.set(budgets_key, [{**entry} for entry in answer_budgets], MAX_TTL_SECONDS)
-    except Exception:
-        logger.debug("could not cache the reservation's budgets", exc_info=True)
     answer: dict = {"allowed": allowed, "degraded": False}
     if allowed and reservation is not None:
         answer["reservation_id"] = str(reservation.pk)
