@@ -18,6 +18,7 @@ from teams.access import AccessScope
 from teams.models import Membership, Role
 
 from .models import Budget, BudgetAlert, default_thresholds
+from .notifications import budget_alert_notify, deliveries_send
 from .selectors import BudgetStatus, budget_period, budget_spend, budget_status
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def budgets_evaluate(*, now: datetime | None = None) -> int:
         with run.unit(budget.organization_id, key):
             created += _budget_evaluate(budget, now)
     budget_alerts_send(now=now)
+    deliveries_send(now=now)  # the beat's own delivery task retries what fails here
     return created
 
 
@@ -101,12 +103,17 @@ def _budget_evaluate(budget: Budget, now: datetime) -> int:
     )
     created = 0
     for threshold in [t for t in budget.thresholds if status.spend * 100 >= budget.amount_usd * t]:
-        _, was_created = BudgetAlert.objects.get_or_create(
+        alert, was_created = BudgetAlert.objects.get_or_create(
             budget=budget,
             period_start=status.period_start,
             threshold=threshold,
             defaults={"spend_usd": status.spend, "limit_usd": budget.amount_usd},
         )
+        if was_created:
+            # In the same transaction as the alert's row: the crossing and its deliveries (one per
+            # channel) exist together or not at all, and a re-run finds the row and adds nothing.
+            alert.budget = budget
+            budget_alert_notify(alert, period_end=status.period_end, projection=status.projected_spend, now=now)
         created += was_created
     return created
 

@@ -378,11 +378,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metrics.tasks.reprice_requests_sweep", "schedule": 60.0, "options": {"expires": 55},
     },
     "raw-events-prune": {"task": "metrics.tasks.raw_events_prune", "schedule": 3600.0, "options": {"expires": 3000}},
+    "notification-deliveries-send": {
+        "task": "billing.tasks.notification_deliveries_send", "schedule": 60.0, "options": {"expires": 55},
+    },
 }
 # Budget spend is cached this long per budget for budget checks and ingest answers.
 BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
 # Where links in emails point.
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# A webhook or Slack delivery that keeps failing (5xx, 429, timeouts) is retried this long, then failed.
+NOTIFICATION_RETRY_HOURS = env_int("NOTIFICATION_RETRY_HOURS", 24, minimum=1)
 
 # --- Prometheus (/metrics) ------------------------------------------------------------------
 # Scrapers present `Authorization: Bearer <PROMETHEUS_SCRAPE_TOKEN>` and/or connect from one of

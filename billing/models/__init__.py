@@ -1,9 +1,10 @@
-"""billing's models: prices (the pricing part) and budgets (the budgets part)."""
+"""billing's models: prices (the pricing part); budgets and notification channels (the budgets part)."""
 
 from .budgets import Budget, BudgetAlert, default_thresholds
+from .channels import EVENT_TYPES, NotificationChannel, NotificationDelivery
 from .prices import EPOCH, PRICE_BOUNDS, ModelPrice, OrganizationDiscount, OrganizationPrice
 
 __all__ = [
-    "EPOCH", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "OrganizationDiscount", "OrganizationPrice",
-    "default_thresholds",
+    "EPOCH", "EVENT_TYPES", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "NotificationChannel",
+    "NotificationDelivery", "OrganizationDiscount", "OrganizationPrice", "default_thresholds",
 ]
