@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from typing import cast
 
 from django import forms
-from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 
 from teams.access import AccessScope
 from teams.forms import TeamsChoiceField
 from teams.models import Team
 
+from .forms import email_list
 from .models import EVENT_TYPES, NotificationChannel
 from .models.channels import HTTP_URL
 
-SEPARATORS = re.compile(r"[\s,;]+")
 EVENT_LABELS = {
     "budget.threshold": "Budget thresholds (budget.threshold)",
     "budget.forecast": "Budget forecasts (budget.forecast)",
@@ -67,16 +64,7 @@ class ChannelForm(forms.Form):
         return url
 
     def clean_emails(self) -> list[str]:
-        emails = [item for item in SEPARATORS.split(self.cleaned_data["emails"] or "") if item]
-        bad = []
-        for email in emails:
-            try:
-                validate_email(email)
-            except ValidationError:
-                bad.append(email)
-        if bad:
-            raise ValidationError(f"Not an email address: {', '.join(bad)}.")
-        return list(dict.fromkeys(emails))
+        return email_list(self.cleaned_data["emails"])
 
     def clean(self):
         cleaned = super().clean() or {}
