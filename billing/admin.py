@@ -3,7 +3,14 @@ import secrets
 from django import forms
 from django.contrib import admin
 
-from .models import Budget, BudgetAlert, NotificationChannel, NotificationDelivery
+from .models import (
+    Budget,
+    BudgetAlert,
+    BudgetForecastAlert,
+    NotificationChannel,
+    NotificationDelivery,
+    SpendAnomalyAlert,
+)
 from .pricing import admin as pricing_admin  # noqa: F401  (registers the price admins)
 
 
@@ -72,3 +79,25 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # deliveries come from events (and the Notifications page's test button) only
+
+
+@admin.register(BudgetForecastAlert)
+class BudgetForecastAlertAdmin(admin.ModelAdmin):
+    list_display = ("budget", "period_start", "projected_spend_usd", "limit_usd", "runs_out_on", "sent_at", "attempts")
+    list_filter = ("sent_at",)
+    list_select_related = ("budget__organization", "budget__team__organization")
+    readonly_fields = [field.name for field in BudgetForecastAlert._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # created by evaluation only, once per budget and period
+
+
+@admin.register(SpendAnomalyAlert)
+class SpendAnomalyAlertAdmin(admin.ModelAdmin):
+    list_display = ("anomaly", "created_at", "sent_at", "attempts", "last_error")
+    list_filter = ("sent_at",)
+    list_select_related = ("anomaly",)
+    readonly_fields = [field.name for field in SpendAnomalyAlert._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # created once per recorded anomaly

@@ -2,9 +2,11 @@
 
 from .budgets import Budget, BudgetAlert, default_thresholds
 from .channels import EVENT_TYPES, NotificationChannel, NotificationDelivery
+from .early_alerts import BudgetForecastAlert, SpendAnomalyAlert
 from .prices import EPOCH, PRICE_BOUNDS, ModelPrice, OrganizationDiscount, OrganizationPrice
 
 __all__ = [
-    "EPOCH", "EVENT_TYPES", "PRICE_BOUNDS", "Budget", "BudgetAlert", "ModelPrice", "NotificationChannel",
-    "NotificationDelivery", "OrganizationDiscount", "OrganizationPrice", "default_thresholds",
+    "EPOCH", "EVENT_TYPES", "PRICE_BOUNDS", "Budget", "BudgetAlert", "BudgetForecastAlert", "ModelPrice",
+    "NotificationChannel", "NotificationDelivery", "OrganizationDiscount", "OrganizationPrice", "SpendAnomalyAlert",
+    "default_thresholds",
 ]
