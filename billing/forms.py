@@ -24,6 +24,20 @@ def _items(raw: str) -> list[str]:
     return [item for item in SEPARATORS.split(raw or "") if item]
 
 
+def email_list(raw: str) -> list[str]:
+    """Addresses separated by spaces, commas or semicolons, each valid, once each, in order."""
+    emails = _items(raw)
+    bad = []
+    for email in emails:
+        try:
+            validate_email(email)
+        except ValidationError:
+            bad.append(email)
+    if bad:
+        raise ValidationError(f"Not an email address: {', '.join(bad)}.")
+    return list(dict.fromkeys(emails))
+
+
 class BudgetForm(forms.Form):
     name = forms.CharField(max_length=200, required=False, help_text="Shown in alerts, e.g. “Chatbot monthly”.")
     team = TeamChoiceField(
@@ -109,16 +123,7 @@ class BudgetForm(forms.Form):
         return sorted(set(values))
 
     def clean_extra_emails(self) -> list[str]:
-        emails = _items(self.cleaned_data["extra_emails"])
-        bad = []
-        for email in emails:
-            try:
-                validate_email(email)
-            except ValidationError:
-                bad.append(email)
-        if bad:
-            raise ValidationError(f"Not an email address: {', '.join(bad)}.")
-        return list(dict.fromkeys(emails))
+        return email_list(self.cleaned_data["extra_emails"])
 
     def clean_user_id(self) -> str:
         return self.cleaned_data["user_id"].strip()

@@ -9,7 +9,6 @@ hour counts from the next hour).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -17,10 +16,10 @@ from decimal import Decimal
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from metrics.prometheus import BusinessSection
-from metrics.selectors import rolled_up_team_costs
 
 from .models import Budget
 from .selectors import budget_period
+from .selectors import budget_spends as budget_spends_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,34 +32,23 @@ BudgetFigures = dict[tuple[str, ...], tuple[Decimal, Decimal]]
 def budget_spends(now: datetime) -> list[tuple[Budget, Decimal]]:
     """Every active budget with its spend so far in its current period.
 
-    Organization and team budgets sharing an organization and period are summed together from
-    team-total rollup rows: two grouped queries per window, however many budgets there are. Rollups
-    keep per-user rows by day only, so a user budget reports the spend its last evaluation found
-    (the budgets task, every minute; the figure its alerts use), and 0 in a period not yet evaluated.
+    Read by `billing.selectors.budget_spends` from team-total rollup rows only: organization and
+    team budgets sharing an organization and period are summed together, two grouped queries per
+    window however many budgets there are. Rollups keep per-user rows by day only, so a user budget
+    reports the spend its last evaluation found (the budgets task, every minute; the figure its
+    alerts use), and 0 in a period not yet evaluated.
     """
     budgets = list(Budget.objects.filter(is_active=True).select_related("organization", "team").order_by("id"))
-    windows: dict[tuple, list[Budget]] = defaultdict(list)
+    readable = []
     for budget in budgets:
         try:
-            windows[(budget.organization_id, *budget_period(budget, now))].append(budget)
+            budget_period(budget, now)
         except Exception:  # one organization's bad setting (say, its time zone) costs only its own gauges
             logger.exception("budget %s left out of /metrics", budget.pk)
-    spends = []
-    for (organization_id, start, end), group in windows.items():
-        per_team = None
-        for budget in group:
-            if budget.user_id:
-                evaluated = budget.evaluated_period_start == start and budget.evaluated_spend_usd is not None
-                spend = budget.evaluated_spend_usd if evaluated else Decimal(0)
-            else:
-                if per_team is None:
-                    per_team = rolled_up_team_costs(organization_id=organization_id, start=start, end=end)
-                if budget.team_id is not None:
-                    spend = per_team.get(budget.team_id, Decimal(0))
-                else:
-                    spend = sum(per_team.values(), Decimal(0))
-            spends.append((budget, spend))
-    return spends
+        else:
+            readable.append(budget)
+    spends = budget_spends_of(readable, now, recent=False, rolled_up_only=True)
+    return [(budget, spends[budget.pk].spend) for budget in readable]
 
 
 def budget_figures(now: datetime) -> BudgetFigures:

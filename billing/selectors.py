@@ -1,10 +1,20 @@
-"""Reads for billing: budget periods, spend and the allowed / not-allowed answer for gateways."""
+"""Reads for billing: budget periods, spend and forecasts, and the allowed / not-allowed answer for
+gateways.
+
+`budget_spends` is the one place a budget's spend is computed: budget pages, the team page, the
+budget check, evaluation and alert emails, and the Prometheus gauges all read it. It sums many
+budgets at once: budgets of one organization sharing a window (their period so far, or the last
+seven days for the forecast) are read together in one grouped query per source (daily rollups,
+hourly rollups, raw tail), grouped by team and, when user budgets exist, by team and user.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -12,7 +22,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Q
 
-from metrics.selectors import EventFilter, usage_cost
+from metrics.selectors import EventFilter, rolled_up_team_costs, usage_by
 from teams.access import AccessScope
 from teams.models import Organization, Team
 
@@ -37,31 +47,164 @@ def budget_period(budget: Budget, now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
-def budget_spend(budget: Budget, start: datetime, end: datetime, now: datetime) -> Decimal:
-    """Spend of the budget's scope from `start` until `now` (rollups plus the open tail).
-
-    A token budget's spend is what its reservations settled (events do not record the token);
-    an end user budget reads raw events (rollups do not keep end users).
-    """
-    if budget.token_id is not None or budget.end_user:
-        from .reservations import scoped_spend  # the reservations part builds on this module
-
-        return scoped_spend(budget, start, min(end, now))
-    scope = AccessScope(
+def budget_scope(budget: Budget) -> AccessScope:
+    """What a budget covers, whoever reads it: its team, or every team of its organization."""
+    return AccessScope(
         organization=budget.organization,
         team_ids=None if budget.team_id is None else frozenset([budget.team_id]),
     )
-    filters = EventFilter(start=start, end=min(end, now), user_id=budget.user_id or None)
-    return usage_cost(scope=scope, filters=filters)
+
+
+# --- spend: one grouped algorithm for any number of budgets -------------------------------------
+
+# The forecast's recent run rate is measured over this window before `now`.
+FORECAST_RECENT = timedelta(days=7)
+HOUR_SECONDS = Decimal(3600)
+RECENT_HOURS = Decimal(int(FORECAST_RECENT.total_seconds())) / HOUR_SECONDS
+
+
+@dataclass(frozen=True)
+class BudgetSpend:
+    period_start: datetime
+    period_end: datetime
+    spend: Decimal  # from period start until min(period end, now)
+    # Spend in the FORECAST_RECENT window before now (None when not asked for, e.g. on /metrics).
+    recent_spend: Decimal | None = None
+
+
+# (organization id, start, end) -> the budgets summed over that window
+Windows = dict[tuple[int, datetime, datetime], list[Budget]]
+
+
+def _window_costs(budgets: list[Budget], start: datetime, end: datetime, *, rolled_up_only: bool) -> dict[int, Decimal]:
+    """Spend of each budget (all of one organization) in [start, end): one grouped read by team
+    for organization and team budgets, one by (team, user) for user budgets.
+
+    `rolled_up_only` reads team-total rollup rows alone (whole UTC hours, no raw events: the
+    Prometheus scrape must not touch raw events), and user budgets report their last evaluation.
+    """
+    organization = budgets[0].organization
+    scope = AccessScope(organization=organization)  # the budgets' reach, not a reader's
+    filters = EventFilter(start=start, end=end)
+    by_team: dict = {}
+    if any(not b.user_id for b in budgets):
+        if rolled_up_only:
+            by_team = rolled_up_team_costs(organization_id=organization.pk, start=start, end=end)
+        else:
+            grouped = usage_by(scope=scope, filters=filters, fields=("team",))
+            by_team = {key[0]: values["cost"] for key, values in grouped.items()}
+    user_ids = {b.user_id for b in budgets if b.user_id}
+    by_user: dict = {}
+    if user_ids and not rolled_up_only:
+        grouped = usage_by(scope=scope, filters=filters, fields=("team", "user_id"), user_ids=user_ids)
+        by_user = {key: values["cost"] for key, values in grouped.items()}
+    costs: dict[int, Decimal] = {}
+    for budget in budgets:
+        if (budget.end_user or budget.token_id is not None) and not rolled_up_only:
+            # Scopes the grouped reads do not keep: a token budget's spend is what its reservations
+            # settled (events do not record the token); an end user's is read from raw events.
+            from .reservations import scoped_spend  # the reservations part builds on this module
+
+            costs[budget.pk] = scoped_spend(budget, start, end)
+        elif (budget.user_id or budget.end_user or budget.token_id is not None) and rolled_up_only:
+            evaluated = budget.evaluated_period_start == start and budget.evaluated_spend_usd is not None
+            costs[budget.pk] = budget.evaluated_spend_usd if evaluated else Decimal(0)
+        elif budget.user_id:
+            costs[budget.pk] = by_user.get((budget.team_id, budget.user_id), Decimal(0))
+        elif budget.team_id is not None:
+            costs[budget.pk] = by_team.get(budget.team_id, Decimal(0))
+        else:
+            costs[budget.pk] = sum(by_team.values(), Decimal(0))
+    return costs
+
+
+def _windows_costs(windows: Windows, *, rolled_up_only: bool = False) -> dict[tuple, dict[int, Decimal]]:
+    return {
+        window: _window_costs(members, window[1], window[2], rolled_up_only=rolled_up_only)
+        for window, members in windows.items()
+        if members
+    }
+
+
+def budget_spends(
+    budgets: Iterable[Budget],
+    now: datetime,
+    *,
+    period_at: datetime | None = None,
+    recent: bool = True,
+    rolled_up_only: bool = False,
+) -> dict[int, BudgetSpend]:
+    """Each budget's spend in its period containing `period_at` (default `now`), until `now`.
+
+    Budgets need `organization` and `team` selected. `recent` also sums the last FORECAST_RECENT
+    before `now` (the forecast's run rate). `rolled_up_only`: see `_window_costs`.
+    """
+    budgets = list(budgets)
+    periods: dict[int, tuple[datetime, datetime]] = {}
+    windows: Windows = defaultdict(list)
+
+    def window(budget: Budget, start: datetime, end: datetime) -> tuple[int, datetime, datetime]:
+        # Rollup rows exist only for hours that have begun, so the rolled-up read takes the whole
+        # period (as /metrics always has); the live read stops at now.
+        return (budget.organization_id, start, end if rolled_up_only else max(start, min(end, now)))
+
+    for budget in budgets:
+        start, end = periods[budget.pk] = budget_period(budget, period_at or now)
+        windows[window(budget, start, end)].append(budget)
+        if recent:
+            windows[(budget.organization_id, now - FORECAST_RECENT, now)].append(budget)
+    costs = _windows_costs(windows, rolled_up_only=rolled_up_only)
+    spends = {}
+    for budget in budgets:
+        start, end = periods[budget.pk]
+        period_costs = costs.get(window(budget, start, end), {})
+        recent_costs = costs[(budget.organization_id, now - FORECAST_RECENT, now)] if recent else {}
+        spends[budget.pk] = BudgetSpend(
+            period_start=start,
+            period_end=end,
+            spend=period_costs.get(budget.pk, Decimal(0)),
+            recent_spend=recent_costs.get(budget.pk) if recent else None,
+        )
+    return spends
+
+
+def budget_spend(budget: Budget, start: datetime, end: datetime, now: datetime) -> Decimal:
+    """Spend of the budget's scope from `start` until `now` (rollups plus the open tail)."""
+    window = (budget.organization_id, start, max(start, min(end, now)))
+    return _windows_costs({window: [budget]})[window][budget.pk]
+
+
+# --- standing and forecast -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class BudgetStatus:
+    """A budget's standing at `now`, with its forecast.
+
+    Forecast: spend so far plus a blended hourly rate times the hours left in the period. The rate
+    blends the period-so-far rate (spend / hours elapsed) with the recent rate (spend of the last
+    7 days / 168), each weighted by the hours it was measured over:
+
+        rate = (E / (E + 168)) * period_rate + (168 / (E + 168)) * recent_rate,   E = hours elapsed
+
+    so early in a period (a few noisy hours) the last week's pace dominates, and by the third week
+    of a month the period's own pace counts three times as much. Periods follow the organization's
+    time zone; hours are real hours (a DST day has 23 or 25).
+    """
+
     budget: Budget
     period_start: datetime
     period_end: datetime
     spend: Decimal
     now: datetime
+    recent_spend: Decimal | None = None
+
+    @classmethod
+    def of(cls, budget: Budget, spend: BudgetSpend, now: datetime) -> BudgetStatus:
+        return cls(
+            budget=budget, period_start=spend.period_start, period_end=spend.period_end,
+            spend=spend.spend, now=now, recent_spend=spend.recent_spend,
+        )  # fmt: skip
 
     @property
     def limit(self) -> Decimal:
@@ -83,20 +226,54 @@ class BudgetStatus:
     def allowed(self) -> bool:
         return not (self.budget.is_hard and self.reached)
 
+    def _hours(self, start: datetime, end: datetime) -> Decimal:
+        return max(Decimal(str((end - start).total_seconds())), Decimal(0)) / HOUR_SECONDS
+
+    @property
+    def spend_rate(self) -> Decimal:
+        """USD per hour, as the forecast projects it (see the class docstring)."""
+        now = min(max(self.now, self.period_start), self.period_end)
+        elapsed = self._hours(self.period_start, now)
+        period_rate = self.spend / elapsed if elapsed else Decimal(0)
+        if self.recent_spend is None:
+            return period_rate
+        recent_rate = self.recent_spend / RECENT_HOURS
+        return (elapsed * period_rate + RECENT_HOURS * recent_rate) / (elapsed + RECENT_HOURS)
+
     @property
     def projected_spend(self) -> Decimal:
-        """Spend at period end if the rate so far continues."""
-        elapsed = (self.now - self.period_start).total_seconds()
-        length = (self.period_end - self.period_start).total_seconds()
-        if elapsed <= 0:
-            return self.spend
-        return (self.spend * Decimal(length) / Decimal(elapsed)).quantize(Decimal("0.000001"))
+        """Spend at period end if the blended rate continues."""
+        left = self._hours(max(self.now, self.period_start), self.period_end)
+        return (self.spend + self.spend_rate * left).quantize(Decimal("0.000001"))
+
+    @property
+    def projected_over(self) -> bool:
+        return self.projected_spend > self.limit
+
+    @property
+    def projected_runs_out_at(self) -> datetime | None:
+        """When spend reaches the limit at the blended rate, if within the period (now if reached)."""
+        if not self.projected_over:
+            return None
+        if self.reached:
+            return self.now
+        rate = self.spend_rate
+        hours = (self.limit - self.spend) / rate
+        at = max(self.now, self.period_start) + timedelta(seconds=float(hours * HOUR_SECONDS))
+        return min(at, self.period_end)
+
+    @property
+    def projected_runs_out_on(self) -> date | None:
+        """The date (in the organization's time zone) the budget is projected to run out."""
+        at = self.projected_runs_out_at
+        return None if at is None else at.astimezone(ZoneInfo(self.budget.organization.time_zone)).date()
 
     @property
     def scope(self) -> str:
         return self.budget.scope
 
     def as_dict(self) -> dict:
+        runs_out = self.projected_runs_out_on
         return {
             "budget_id": self.budget.pk,
             "name": self.budget.name,
@@ -111,9 +288,19 @@ class BudgetStatus:
             "remaining": self.remaining,
             "percent_used": round(float(self.fraction_used) * 100, 2),
             "projected_spend": self.projected_spend,
+            "projected_runs_out_on": runs_out.isoformat() if runs_out else None,
             "hard": self.budget.is_hard,
             "allowed": self.allowed,
         }
+
+
+def budget_statuses(budgets: Iterable[Budget], now: datetime | None = None) -> list[BudgetStatus]:
+    """Standings of many budgets (with `organization` and `team` selected), in order, in a bounded
+    number of queries: a few grouped reads per organization and window."""
+    now = now or datetime.now(UTC)
+    budgets = list(budgets)
+    spends = budget_spends(budgets, now)
+    return [BudgetStatus.of(budget, spends[budget.pk], now) for budget in budgets]
 
 
 def budget_status(budget: Budget, now: datetime | None = None, *, fresh: bool = False) -> BudgetStatus:
@@ -121,15 +308,15 @@ def budget_status(budget: Budget, now: datetime | None = None, *, fresh: bool = 
     budget's id, so one organization's figures never answer for another's); `fresh` skips the cache.
     """
     now = now or datetime.now(UTC)
-    start, end = budget_period(budget, now)
-    key = f"budget-spend:{budget.pk}:{start.isoformat()}"
+    start, _ = budget_period(budget, now)
+    key = f"budget-spend:v2:{budget.pk}:{start.isoformat()}"
     use_cache = not fresh and settings.BUDGET_SPEND_CACHE_SECONDS > 0
     spend = cache.get(key) if use_cache else None
     if spend is None:
-        spend = budget_spend(budget, start, end, now)
+        spend = budget_spends([budget], now)[budget.pk]
         if use_cache:
             cache.set(key, spend, settings.BUDGET_SPEND_CACHE_SECONDS)
-    return BudgetStatus(budget=budget, period_start=start, period_end=end, spend=spend, now=now)
+    return BudgetStatus.of(budget, spend, now)
 
 
 def applicable_budgets(
@@ -177,10 +364,7 @@ def budget_check(*, organization: Organization, team: Team | None, user_id: str 
 
 
 def _budget_check(*, organization: Organization, team: Team | None, user_id: str | None) -> dict:
-    statuses = [
-        budget_status(budget)
-        for budget in applicable_budgets(organization=organization, team=team, user_id=user_id)
-    ]
+    statuses = budget_statuses(applicable_budgets(organization=organization, team=team, user_id=user_id))
     return {
         "allowed": all(status.allowed for status in statuses),
         "team_alias": team.alias if team else None,
@@ -189,7 +373,7 @@ def _budget_check(*, organization: Organization, team: Team | None, user_id: str
     }
 
 
-WITHHELD_FIGURES = ("spend", "remaining", "percent_used", "projected_spend")
+WITHHELD_FIGURES = ("spend", "remaining", "percent_used", "projected_spend", "projected_runs_out_on")
 
 
 def budget_check_for(scope: AccessScope, answer: dict) -> dict:

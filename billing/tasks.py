@@ -2,9 +2,14 @@
 
 from celery import shared_task
 
-from . import services
+from . import notifications, services
 
 
 @shared_task
 def budgets_evaluate() -> int:
     return services.budgets_evaluate()
+
+
+@shared_task
+def notification_deliveries_send() -> int:
+    return notifications.deliveries_send()

@@ -9,6 +9,7 @@ import os
 import secrets
 import zoneinfo
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,6 +49,17 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_decimal(name: str, default: str, *, minimum: Decimal = Decimal(0)) -> Decimal:
+    raw = os.environ.get(name)
+    try:
+        value = Decimal(default if raw is None or raw.strip() == "" else raw.strip())
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from None
+    if not value.is_finite() or value < minimum:
+        raise ImproperlyConfigured(f"{name} must be a number of at least {minimum}, got {raw!r}")
     return value
 
 
@@ -377,8 +389,24 @@ CELERY_BEAT_SCHEDULE = {
     "reprice-requests-sweep": {
         "task": "metrics.tasks.reprice_requests_sweep", "schedule": 60.0, "options": {"expires": 55},
     },
+    "spend-anomalies-detect": {
+        "task": "metrics.tasks.spend_anomalies_detect", "schedule": 300.0, "options": {"expires": 290},
+    },
     "raw-events-prune": {"task": "metrics.tasks.raw_events_prune", "schedule": 3600.0, "options": {"expires": 3000}},
+    "notification-deliveries-send": {
+        "task": "billing.tasks.notification_deliveries_send", "schedule": 60.0, "options": {"expires": 55},
+    },
 }
+# Spend anomalies (metrics.anomalies): a team's closed hour is anomalous when its spend exceeds the
+# median m of the same hour on the previous 7 days by more than max(ANOMALY_FACTOR × MAD,
+# ANOMALY_MIN_USD), MAD being the median absolute deviation of those 7 hours from m. Detection looks
+# back ANOMALY_LOOKBACK_HOURS closed hours at each run (every 5 minutes), so hours rolled up late count.
+ANOMALY_FACTOR = env_decimal("ANOMALY_FACTOR", "5")
+ANOMALY_MIN_USD = env_decimal("ANOMALY_MIN_USD", "1", minimum=Decimal("0.000001"))
+ANOMALY_LOOKBACK_HOURS = env_int("ANOMALY_LOOKBACK_HOURS", 24, minimum=1)
+# A budget's forecast alert (`budget.forecast`, once per period when the projection first exceeds the
+# limit; method in billing.selectors.BudgetStatus). Off: threshold alerts only.
+BUDGET_FORECAST_ALERTS = env_bool("BUDGET_FORECAST_ALERTS", True)
 # Budget spend is cached this long per budget for budget checks and ingest answers.
 BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
 # Reservations may reuse a budget's spend read this long ago (0: read it for every reservation;
@@ -386,6 +414,8 @@ BUDGET_SPEND_CACHE_SECONDS = env_int("BUDGET_SPEND_CACHE_SECONDS", 5)
 RESERVE_SPEND_CACHE_SECONDS = env_int("RESERVE_SPEND_CACHE_SECONDS", 1)
 # Where links in emails point.
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# A webhook or Slack delivery that keeps failing (5xx, 429, timeouts) is retried this long, then failed.
+NOTIFICATION_RETRY_HOURS = env_int("NOTIFICATION_RETRY_HOURS", 24, minimum=1)
 
 # --- Prometheus (/metrics) ------------------------------------------------------------------
 # Scrapers present `Authorization: Bearer <PROMETHEUS_SCRAPE_TOKEN>` and/or connect from one of

@@ -3,7 +3,7 @@ from django.core.paginator import Paginator
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from .models import BatchRun, CacheStat, JobFailure, RepriceRequest, UsageEvent
+from .models import BatchRun, CacheStat, JobFailure, RepriceRequest, SpendAnomaly, UsageEvent
 
 
 class CappedCountPaginator(Paginator):
@@ -139,4 +139,17 @@ class RepriceRequestAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(SpendAnomaly)
+class SpendAnomalyAdmin(admin.ModelAdmin):
+    """Hours of unusual team spend, as detection recorded them (metrics.anomalies)."""
+
+    list_display = ("hour", "organization", "team", "spend_usd", "baseline_median_usd", "threshold_usd")
+    list_select_related = ("organization", "team__organization")
+    list_filter = ("organization",)
+    readonly_fields = [field.name for field in SpendAnomaly._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
         return False

@@ -351,3 +351,27 @@ class RepriceRequest(models.Model):
     def __str__(self) -> str:
         scope = "/".join(part for part in (self.provider, self.model) if part) or "every model"
         return f"reprice {scope} from {self.start:%Y-%m-%d %H:%M}"
+
+
+class SpendAnomaly(models.Model):
+    """One closed hour in which a team spent well above its baseline (see metrics.anomalies).
+
+    The unique (team, hour) row is the lock: however many detection runs look at an hour, it is
+    recorded once, and whatever alerts on it (billing's alerting) reads it once.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField(help_text="Start of the hour (UTC).")
+    spend_usd = MoneySumField()
+    baseline_median_usd = MoneySumField(help_text="Median spend of the same hour on the previous 7 days.")
+    baseline_mad_usd = MoneySumField(help_text="Median absolute deviation of those 7 hours.")
+    threshold_usd = MoneySumField(help_text="The spend above which the hour counted as an anomaly.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "hour"], name="one_anomaly_per_team_hour")]
+        indexes = [models.Index(fields=["organization", "hour"], name="anomaly_org_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 team {self.team_id} {self.spend_usd}"

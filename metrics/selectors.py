@@ -39,6 +39,7 @@ from .models import (
     HourlyRollup,
     HourlyTeamTotal,
     RepriceRequest,
+    SpendAnomaly,
     UsageEvent,
 )
 from .rollups import DAY, HOUR, SUM_FIELDS, bucket_ranges, ceil_to, day_of, hour_of
@@ -944,3 +945,26 @@ def rolled_up_team_costs(*, organization_id: int, start: datetime, end: datetime
         for row in rows:
             totals[row["team_id"]] += row["cost"] or Decimal(0)
     return totals
+
+
+def spend_anomalies(*, scope: AccessScope, filters: EventFilter) -> list[dict]:
+    """The recorded spend anomalies (metrics.anomalies) of the visible teams whose hour starts in
+    the range, oldest first: [{hour, team_alias, spend, baseline, threshold}]. The dashboard marks them."""
+    anomalies = scope.filter(SpendAnomaly.objects.filter(hour__gte=filters.start, hour__lt=filters.end))
+    if filters.team_id is not None:
+        anomalies = anomalies.filter(team_id=filters.team_id)
+    elif filters.team_alias:
+        anomalies = anomalies.filter(team=scope.team(filters.team_alias))
+    rows = anomalies.order_by("hour", "team__alias").values(
+        "hour", "team__alias", "spend_usd", "baseline_median_usd", "threshold_usd"
+    )
+    return [
+        {
+            "hour": row["hour"],
+            "team_alias": row["team__alias"],
+            "spend": row["spend_usd"],
+            "baseline": row["baseline_median_usd"],
+            "threshold": row["threshold_usd"],
+        }
+        for row in rows
+    ]

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import repricing, rollups
+from . import anomalies, repricing, rollups
 
 
 @shared_task
@@ -32,3 +32,9 @@ def events_reprice(request_id: int) -> int:
 def reprice_requests_sweep() -> int:
     """Beat, every minute: recorded repricings whose task was lost, and retries of failed organizations."""
     return repricing.reprice_requests_sweep()
+
+
+@shared_task
+def spend_anomalies_detect() -> int:
+    """Beat, every 5 minutes: each team's last closed hours against its baseline (metrics.anomalies)."""
+    return anomalies.spend_anomalies_detect()

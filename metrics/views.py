@@ -39,6 +39,7 @@ from teams.access import AccessScope
 from teams.web import org_page
 
 from .models import UsageEvent
+from .rollups import day_of
 from .selectors import (
     DEFAULT_REQUEST_SORT,
     REQUEST_SORTS,
@@ -54,6 +55,7 @@ from .selectors import (
     request_ordering,
     request_page,
     scoped_events,
+    spend_anomalies,
     with_team,
 )
 from .templatetags.metrics_format import (
@@ -223,6 +225,24 @@ def _bucket_label(moment: datetime, granularity: str) -> str:
     return local.strftime("%d %b %H:%M") if granularity == "hour" else local.strftime("%a %d %b")
 
 
+def _anomaly_marks(series: list[dict], anomalies: list[dict], granularity: str) -> list[dict | None]:
+    """Per trend bucket: None, or the bucket's cost and a note naming its anomalous hours."""
+    in_bucket: dict[datetime, list[dict]] = {}
+    for row in anomalies:
+        bucket = row["hour"] if granularity == "hour" else day_of(row["hour"])
+        in_bucket.setdefault(bucket, []).append(row)
+    marks: list[dict | None] = []
+    for point in series:
+        rows = in_bucket.get(point["start"])
+        note = "; ".join(
+            f"{row['team_alias']} {timezone.localtime(row['hour']):%H:%M}: {usd(row['spend'])} "
+            f"(usually {usd(row['baseline'])})"
+            for row in rows or []
+        )
+        marks.append({"cost": _money_float(point["cost"]), "note": f"Unusual spend: {note}"} if rows else None)
+    return marks
+
+
 def _money_float(value) -> float:
     return float(value or 0)
 
@@ -326,6 +346,8 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
     cache_series = [cache["series"].get(start, {}) for start in bucket_starts(filters.start, filters.end, granularity)]
     query_types = panels["query_types"]
     labels = [_bucket_label(point["start"], granularity) for point in series]
+    anomalies = spend_anomalies(scope=scope, filters=filters)
+    anomaly_marks = _anomaly_marks(series, anomalies, granularity)
 
     events_split = batches["events"]
     records = batches["records"]
@@ -393,6 +415,18 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
             "lookup": duration_ms(cache["lookup_ms"]),
         },
         "batch": batch,
+        "anomalies": [
+            {
+                "hour": row["hour"],
+                "hour_display": timezone.localtime(row["hour"]).strftime("%d %b %H:%M"),
+                "team_alias": row["team_alias"],
+                "spend": row["spend"],
+                "spend_display": usd(row["spend"]),
+                "baseline": row["baseline"],
+                "baseline_display": usd(row["baseline"]),
+            }
+            for row in anomalies
+        ],
         "tables": {
             "models": model_rows,
             "teams": team_rows,
@@ -405,6 +439,9 @@ def dashboard_context(request, scope: AccessScope, form: FilterForm, filters: Ev
                 "labels": labels,
                 "cost": [_money_float(point["cost"]) for point in series],
                 "requests": [point["requests"] for point in series],
+                # The bucket's cost where a team had an anomalous hour in it (a marker on the line), else null.
+                "anomalies": [mark["cost"] if mark else None for mark in anomaly_marks],
+                "anomaly_notes": [mark["note"] if mark else None for mark in anomaly_marks],
             },
             "model_share": {"labels": share_labels, "cost": share_values},
             "tokens_by_model": {

@@ -499,3 +499,27 @@ def test_team_page(browser, live_server, acme_data):
     assert 45 <= float(bar.get_attribute("aria-valuenow")) <= 55
     shot = screenshot(browser, "team.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_dashboard_marks_an_anomalous_hour_on_the_cost_trend(browser, live_server, acme_data):
+    from metrics.models import SpendAnomaly
+    from metrics.rollups import hour_of
+
+    # As metrics.anomalies records it: chatbot's hour of r02 (two hours ago) far above its usual spend.
+    hour = hour_of(datetime.now(UTC) - timedelta(hours=2))
+    SpendAnomaly.objects.create(
+        organization=acme_data.acme, team=acme_data.chatbot, hour=hour, spend_usd=Decimal("0.05"),
+        baseline_median_usd=Decimal("0.001"), baseline_mad_usd=Decimal(0), threshold_usd=Decimal("0.011"),
+    )  # fmt: skip
+    log_in(browser, live_server, "owner@acme.test", "pw-owner-1")
+    wait(browser, lambda d: d.execute_script("return typeof Chart !== 'undefined'"))
+
+    charts = {chart["id"]: chart for chart in browser.execute_script(CHARTS_JS)}
+    cost, _requests, marks = charts["chart-trend"]["data"]
+    marked = [i for i, value in enumerate(marks) if value is not None]
+    assert len(marked) == 1 and marks[marked[0]] == cost[marked[0]]
+    listed = browser.find_element(By.CSS_SELECTOR, "[data-anomalies]").text
+    assert "Unusual spend" in listed and "chatbot" in listed
+    browser.execute_script("document.getElementById('chart-trend').scrollIntoView()")
+    shot = screenshot(browser, "dashboard-anomaly.png")
+    assert shot.stat().st_size > 10_000

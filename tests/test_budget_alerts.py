@@ -17,6 +17,7 @@ from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 
 from billing.models import Budget, BudgetAlert
+from billing.pricing.formatting import usd
 from billing.selectors import budget_period
 from billing.services import budget_alert_recipients, budget_create, budgets_evaluate
 from teams.services import member_add
@@ -287,15 +288,20 @@ def test_it_does_not_alert_a_deactivated_admin(people):
 
 
 def test_it_writes_an_html_and_text_email_with_the_facts_of_the_alert(world, settings):
+    settings.BUDGET_FORECAST_ALERTS = False  # the threshold alert's email alone (forecasts: test_budget_forecast)
     zone = "America/New_York"
     world.acme.name = "Acme & Sons"
     world.acme.time_zone = zone
     world.acme.save()
     make_price("other-model", input="1", output="1")
     budget = team_budget(world, "10", period="monthly")
-    # A quarter of the way through a past local month: the rate so far projects to 4 × the spend.
+    # A quarter of the way through a past local month.
     start, end = budget_period(budget, datetime.now(UTC) - timedelta(days=9))
     now = start + (end - start) / 4
+    # The forecast: $5 so far, $2 of it in the last 7 days (the $3 came on the first day), blended
+    # per hour elapsed E with the last week's 168 hours: 5 + hours left × (5 + 2) / (E + 168).
+    elapsed, left = ((now - start).total_seconds() / 3600, (end - now).total_seconds() / 3600)
+    projected = Decimal(5) + Decimal(left) * 7 / (Decimal(elapsed) + 168)
     ingest(
         world.ingest,
         costing("3", at=start + timedelta(hours=1)),
@@ -328,7 +334,7 @@ def test_it_writes_an_html_and_text_email_with_the_facts_of_the_alert(world, set
         assert "$5.00" in body  # spend
         assert "$10.00" in body  # limit
         assert "50.0%" in body  # used
-        assert "$20.00" in body  # projected at period end
+        assert usd(projected) in body  # projected at period end
         assert "test-model: $4.50 (2 requests)" in body
         assert "other-model: $0.50 (1 requests)" in body
         assert "alice@acme.test: $3.00 (1 requests)" in body
@@ -403,6 +409,7 @@ def test_it_records_a_refused_smtp_connection_and_retries_until_it_succeeds(worl
 
 
 def test_it_sends_the_other_alerts_when_one_send_raises_and_retries_that_one(world, settings):
+    settings.BUDGET_FORECAST_ALERTS = False  # threshold alerts only (forecasts: test_budget_forecast)
     settings.EMAIL_BACKEND = "tests.test_budget_alerts.FlakyBackend"
     FlakyBackend.failures_left = 1
     budget = team_budget(world, "10")

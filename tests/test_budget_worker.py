@@ -80,6 +80,7 @@ def worker_env(sink_url: str, queue: str) -> dict:
         "DEFAULT_FROM_EMAIL": "llmcost <alerts@cost.example.com>",
         "SITE_URL": "https://cost.example.com",
         "BUDGET_SPEND_CACHE_SECONDS": "0",
+        "BUDGET_FORECAST_ALERTS": "0",  # these tests count threshold alerts (forecasts: test_budget_forecast)
     }
 
 

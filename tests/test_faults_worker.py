@@ -99,6 +99,7 @@ def test_a_killed_worker_and_a_lost_queue_lose_no_rollup_and_no_alert(world, tmp
             "EMAIL_URL": sink.url,
             "BUDGET_SPEND_CACHE_SECONDS": "0",
             "SITE_URL": "https://cost.example.com",
+            "BUDGET_FORECAST_ALERTS": "0",  # the threshold alert alone (forecasts: test_budget_forecast)
         }
         with celery_worker(concurrency=1, extra_env=env) as worker:
             [child] = pool_children(worker)

@@ -118,8 +118,10 @@
     };
   }
 
+  var trendNotes = [];
   var specs = {
     "chart-trend": function (c) {
+      trendNotes = c.trend.anomaly_notes || [];  // read by the tooltip, refreshed with the data
       return {
         type: "bar",
         data: {
@@ -127,12 +129,23 @@
           datasets: [
             { type: "line", label: "Cost", data: c.trend.cost, borderColor: PALETTE[0], backgroundColor: PALETTE[0], yAxisID: "cost", tension: 0, pointRadius: 2, pointHitRadius: 8, order: 1 },
             { type: "bar", label: "Requests", data: c.trend.requests, backgroundColor: "rgba(107,114,128,0.28)", yAxisID: "requests", order: 2 },
-          ],
+          ].concat((c.trend.anomalies || []).some(function (v) { return v !== null; }) ? [
+            // Buckets holding a team's anomalous hour (metrics.anomalies): a red marker on the cost line.
+            { type: "line", label: "Unusual spend", data: c.trend.anomalies, showLine: false, borderColor: "#dc2626", backgroundColor: "#dc2626", pointStyle: "triangle", pointRadius: 7, pointHoverRadius: 9, yAxisID: "cost", order: 0 },
+          ] : []),
         },
         options: {
           interaction: { mode: "index", intersect: false },
           scales: { cost: Object.assign(axisMoney(), { position: "left" }), requests: Object.assign(axisCount(), { position: "right", grid: { drawOnChartArea: false } }), x: { ticks: { maxTicksLimit: 12, autoSkip: true } } },
-          plugins: { tooltip: tooltip(function (v, ctx) { return ctx.dataset.yAxisID === "cost" ? money(v) : count.format(v); }) },
+          plugins: { tooltip: (function () {
+            var base = tooltip(function (v, ctx) { return ctx.dataset.yAxisID === "cost" ? money(v) : count.format(v); });
+            base.callbacks.afterBody = function (items) {
+              var notes = trendNotes;
+              var index = items.length ? items[0].dataIndex : -1;
+              return index >= 0 && notes[index] ? notes[index] : "";
+            };
+            return base;
+          })() },
         },
       };
     },
@@ -222,6 +235,10 @@
       if (!canvas) return;
       var spec = specs[id](board.charts);
       if (!spec) return;
+      if (charts[id] && charts[id].data.datasets.length !== spec.data.datasets.length) {
+        charts[id].destroy();  // a new shape (say, an anomaly marker appeared): draw it afresh
+        delete charts[id];
+      }
       if (charts[id]) {
         // Same shape, new numbers: update in place so the chart does not flash.
         charts[id].data.labels = spec.data.labels;

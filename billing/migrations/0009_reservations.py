@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0006_organization_price_lists_every_dimension'),
+        ('billing', '0008_forecast_and_anomaly_alerts'),
         ('teams', '0001_initial'),
     ]
 
