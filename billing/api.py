@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
@@ -13,6 +14,7 @@ from billing.pricing.book import COST_QUANTUM, price_book
 from billing.pricing.calculate import Usage, UsageError, price_event
 from llmcost_project.api_errors import QueryParams, error_body
 from teams.authentication import CanIngest, CanIngestOrRead
+from teams.models import Team
 
 from .reservations import (
     DEFAULT_TTL_SECONDS,
@@ -27,10 +29,12 @@ from .selectors import budget_check, budget_check_for
 class BudgetCheckQuery(QueryParams):
     team_alias = serializers.CharField(required=False, max_length=100)
     user_id = serializers.CharField(required=False, max_length=255)
+    end_user = serializers.CharField(required=False, max_length=255)
 
 
 class BudgetCheckView(APIView):
-    """Whether the team (and user) may still spend: `allowed` turns false once a hard budget is reached."""
+    """Whether the team (and user, end user, this token) may still spend: `allowed` turns false once a
+    hard budget that binds them is reached."""
 
     permission_classes = [CanIngestOrRead]
 
@@ -39,14 +43,11 @@ class BudgetCheckView(APIView):
         query = BudgetCheckQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         scope = request.user.scope
-        alias = query.validated_data.get("team_alias")
-        if request.auth.team_id is not None:  # a pinned token asks about its own team only
-            team = scope.team(alias) if alias else request.auth.team
-        elif alias:  # a team with no events yet has no team budgets; the organization's still apply
-            team = scope.teams().filter(alias=alias).first()
-        else:
-            team = None
-        answer = budget_check(organization=scope.organization, team=team, user_id=query.validated_data.get("user_id"))
+        team = _caller_team(request, query.validated_data.get("team_alias"))
+        answer = budget_check(
+            organization=scope.organization, team=team, user_id=query.validated_data.get("user_id"),
+            end_user=query.validated_data.get("end_user"), token_id=request.auth.pk,
+        )  # fmt: skip
         return Response(budget_check_for(scope, answer))
 
 
@@ -56,7 +57,7 @@ class ReserveBody(serializers.Serializer):
     end_user = serializers.CharField(required=False, max_length=255)
     request_id = serializers.CharField(required=False, max_length=128)
     amount = serializers.DecimalField(
-        required=False, max_digits=22, decimal_places=10, min_value=Decimal(0), max_value=Decimal("1e9")
+        required=False, max_digits=22, decimal_places=10, min_value=Decimal(0), max_value=Decimal(1_000_000)
     )
     model = serializers.CharField(required=False, max_length=200)
     provider = serializers.CharField(required=False, max_length=64)
@@ -80,13 +81,16 @@ class ReserveBody(serializers.Serializer):
         return attrs
 
 
-def _reserve_team(request, alias: str | None):
-    scope = request.user.scope
-    if request.auth.team_id is not None:  # a pinned token reserves for its own team only
-        return scope.team(alias) if alias else request.auth.team
-    if alias:  # a team with no events yet has no team budgets; the organization's still apply
-        return scope.teams().filter(alias=alias).first()
-    return None
+def _caller_team(request, alias: str | None) -> Team | None:
+    """The team a check or reservation is for: a pinned token's own (another alias is a 404), else
+    the named one; None for none named or a team with no events yet (organization-wide budgets
+    still apply to it)."""
+    if not alias:
+        return request.auth.team
+    team = request.user.scope.find_team(alias)
+    if team is None and request.auth.team_id is not None:
+        raise Http404("No such team.")
+    return team
 
 
 def _estimate(token, data: dict) -> Decimal:
@@ -115,7 +119,7 @@ class ReserveView(APIView):
         body = ReserveBody(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        team = _reserve_team(request, data.get("team_alias"))
+        team = _caller_team(request, data.get("team_alias"))
         answer = reservation_reserve(
             token=request.auth, team=team, amount=_estimate(request.auth, data), user_id=data.get("user_id"),
             end_user=data.get("end_user"), request_id=data.get("request_id"),

@@ -4,12 +4,13 @@ A gateway reserves an estimate before its LLM call and ingests the call's event 
 request id afterwards; the event settles the hold (its real cost replaces the estimate).
 
 Mechanism: one ledger row per (budget, period), locked with SELECT … FOR UPDATE in budget-id
-order inside one transaction (on SQLite, whose transactions here begin IMMEDIATE, writers are
-serialised instead). Under the locks a reservation sums the holds, decides for every hard budget
-at once and writes its holds before committing, so no two reservations can both take the last
-room (no check-then-write). It works on both supported databases without Redis, which the
-embedded default may not have, and a lock per budget period keeps reservations on unrelated
-budgets from waiting for each other.
+order (on SQLite, whose transactions here begin IMMEDIATE, writers are serialised instead); under
+the locks the holds are summed, the decision is taken for every hard budget at once and the holds
+are written, so no two reservations can both take the last room (no check-then-write). On
+PostgreSQL that locked part is one multi-statement query, so the locks are held for one round trip
+(billing.holds). It works on both supported databases without Redis, which the embedded default
+may not have, and a lock per budget period keeps reservations on unrelated budgets from waiting
+for each other.
 
 Settled spend is the budget's exact spend for the period (`budget_spend`: rollups for closed
 clean hours plus raw events), not a counter the ingest hook keeps: a counter would drift with
@@ -22,8 +23,7 @@ exact: settlement closes a hold only after its event committed, and `closed_at` 
 come from one clock (the database's on PostgreSQL, so app servers' clocks may differ), so a hold
 closed before `read_at` has its event in the spend that was read, and one closed after is counted
 from the hold. A call is counted twice only in the moment between its event's commit and its
-settlement, which errs towards refusing. Token budgets need no such window: their spend is their
-settled holds, summed under the locks.
+settlement, which errs towards refusing.
 
 RESERVE_SPEND_CACHE_SECONDS (default 1) lets reservations reuse a spend read (and the list of
 budgets that apply) that long ago: reserved calls stay exact (the window starts at the read), but
@@ -37,46 +37,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db import DatabaseError, connection, transaction
 from django.db.models.functions import Now
 
-from llmcost_project.db import Sum
 from llmcost_project.degraded import degraded
-from metrics.selectors import EventFilter, scoped_events
 from teams.access import AccessScope
 from teams.models import ApiToken, Team
 
-from .models import Budget, BudgetLedger, Reservation, ReservationHold
-from .selectors import applicable_budgets, budget_period, budget_spend, budget_status
+from .holds import Claim, take_holds
+from .models import Budget, Reservation, ReservationHold
+from .selectors import applicable_budgets, budget_period, budget_spend, budget_status, spans_teams
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 300
 MAX_TTL_SECONDS = 3600
-
-
-def scoped_spend(budget: Budget, start: datetime, end: datetime) -> Decimal:
-    """Spend of a token or end user budget (see budget_spend)."""
-    if budget.token_id is not None:
-        # Events do not record the token they came with: a token budget counts what the calls
-        # reserved with it settled at (their events' real costs).
-        settled = ReservationHold.objects.filter(
-            budget=budget, period_start=start, is_open=False, cost__isnull=False
-        ).aggregate(total=Sum("cost"))["total"]
-        return settled or Decimal(0)
-    scope = AccessScope(
-        organization=budget.organization,
-        team_ids=None if budget.team_id is None else frozenset([budget.team_id]),
-    )
-    events = scoped_events(scope=scope, filters=EventFilter(start=start, end=end, user_id=budget.user_id or None))
-    return events.filter(end_user=budget.end_user).aggregate(total=Sum("cost"))["total"] or Decimal(0)
 
 
 @dataclass
@@ -107,44 +89,6 @@ class Figures:
             "hard": self.budget.is_hard,
             "on_error": self.budget.on_error,
         }
-
-
-# (budget id, period start) pairs whose ledger row this process knows exists: one INSERT per
-# budget period and process, not per reservation.
-_ledgers_known: set[tuple[int, datetime]] = set()
-
-
-def _ensure_ledgers(periods: dict[int, datetime]) -> None:
-    missing = {key for key in periods.items() if key not in _ledgers_known}
-    if missing:
-        BudgetLedger.objects.bulk_create(
-            [BudgetLedger(budget_id=budget_id, period_start=start) for budget_id, start in sorted(missing)],
-            ignore_conflicts=True,
-        )
-        _ledgers_known.update(missing)
-
-
-def _held(periods: dict[int, datetime], since: dict[int, datetime | None], now: datetime) -> dict[int, Decimal]:
-    """Per budget: its open, unexpired holds at their estimates, plus the holds settled at or after
-    `since[budget]` (None: none) at their real costs. One query."""
-    held = dict.fromkeys(periods, Decimal(0))
-    if not periods:
-        return held
-    which = Q()
-    for budget_id, start in periods.items():
-        counted = Q(is_open=True, expires_at__gt=now)
-        if since.get(budget_id) is not None:
-            counted |= Q(is_open=False, cost__isnull=False, closed_at__gte=since[budget_id])
-        which |= Q(budget_id=budget_id, period_start=start) & counted
-    rows = (
-        ReservationHold.objects.filter(which)
-        .values("budget_id", "is_open")
-        .annotate(estimates=Sum("amount"), costs=Sum("cost"))
-        .values_list("budget_id", "is_open", "estimates", "costs")
-    )
-    for budget_id, is_open, estimates, costs in rows:
-        held[budget_id] += (estimates if is_open else costs) or Decimal(0)
-    return held
 
 
 def database_now() -> datetime:
@@ -241,81 +185,45 @@ def _degraded_answer(budgets_key: str, now: datetime) -> dict:
     }
 
 
+# A soft budget's holds settled since this moment count: none (its spend is read whole).
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def _reserve(
     *, token: ApiToken, team: Team | None, budgets: list[Budget], amount: Decimal, user_id: str, end_user: str,
     request_id: str, ttl_seconds: int, now: datetime,
 ) -> dict:  # fmt: skip
     periods = {budget.pk: budget_period(budget, now) for budget in budgets}
-    hard = [budget for budget in budgets if budget.is_hard]
-    hard_starts = {budget.pk: periods[budget.pk][0] for budget in hard}
     spend: dict[int, Decimal] = {}
-    since: dict[int, datetime | None] = {}
+    claims = []
     for budget in budgets:
         start, end = periods[budget.pk]
-        if not budget.is_hard:  # soft budgets never block: their (briefly cached) standing is reported
-            spend[budget.pk], since[budget.pk] = budget_status(budget, now).spend, None
-        elif budget.token_id is None:  # read before the locks: see the module docstring
-            spend[budget.pk], since[budget.pk] = _settled_spend(budget, start, end)
-    _ensure_ledgers(hard_starts)
-    expires_at = now + timedelta(seconds=ttl_seconds)
+        if budget.is_hard:  # read before the locks: see the module docstring
+            spend[budget.pk], read_at = _settled_spend(budget, start, end)
+            claims.append(Claim(budget.pk, start, counted_since=read_at, headroom=budget.amount_usd - spend[budget.pk]))
+        else:  # soft budgets never block: their (briefly cached) standing is reported
+            spend[budget.pk] = budget_status(budget, now).spend
+            claims.append(Claim(budget.pk, start, counted_since=NEVER, headroom=None))
+    reservation = Reservation(
+        id=uuid.uuid4(), organization_id=token.organization_id, token=token, team=team, user_id=user_id,
+        end_user=end_user, request_id=request_id, amount=amount, expires_at=now + timedelta(seconds=ttl_seconds),
+        created_at=now,
+    )  # fmt: skip
+    taken = take_holds(claims, reservation, now)
+    held = taken.held
     existing = None
-    with transaction.atomic():
-        if hard_starts:
-            which = Q()
-            for budget_id, start in hard_starts.items():
-                which |= Q(budget_id=budget_id, period_start=start)
-            locked = list(BudgetLedger.objects.select_for_update().filter(which).order_by("budget_id"))
-            if len(locked) != len(hard_starts):  # a ledger row this process thought existed is gone
-                _ledgers_known.difference_update(hard_starts.items())
-                raise DatabaseError("budget ledger rows missing")
-        if request_id:  # a retried reserve gets its reservation back, never a second hold
-            existing = Reservation.objects.filter(organization_id=token.organization_id, request_id=request_id).first()
-        held = _held({budget.pk: periods[budget.pk][0] for budget in budgets}, since, now)
-        for budget in hard:
-            if budget.token_id is not None:  # its settled holds are its spend: read under the locks
-                spend[budget.pk] = scoped_spend(budget, *periods[budget.pk])
-        if existing is not None:
-            allowed = existing.state == Reservation.State.OPEN and existing.expires_at > now
-            reservation = existing
-        else:
-            allowed = all(spend[b.pk] + held[b.pk] + amount <= b.amount_usd for b in hard)
-            reservation = None
-            if allowed:
-                reservation = Reservation(
-                    organization_id=token.organization_id, token=token, team=team, user_id=user_id,
-                    end_user=end_user, request_id=request_id, amount=amount, expires_at=expires_at,
-                    created_at=now,
-                )  # fmt: skip
-                try:
-                    if request_id:  # its unique constraint may refuse it: inside a savepoint
-                        with transaction.atomic():
-                            reservation.save(force_insert=True)
-                    else:
-                        reservation.save(force_insert=True)
-                except IntegrityError:  # the same request id reserved by another gateway just now
-                    reservation = Reservation.objects.get(organization_id=token.organization_id, request_id=request_id)
-                    existing = reservation
-                    allowed = reservation.state == Reservation.State.OPEN and reservation.expires_at > now
-                else:
-                    ReservationHold.objects.bulk_create(
-                        [
-                            ReservationHold(
-                                reservation=reservation,
-                                budget=budget,
-                                period_start=periods[budget.pk][0],
-                                amount=amount,
-                                expires_at=expires_at,
-                            )
-                            for budget in budgets
-                        ]
-                    )
-                    for budget in budgets:
-                        held[budget.pk] += amount
+    if not taken.inserted and request_id:  # a retried reserve gets its reservation back, never a second hold
+        existing = Reservation.objects.filter(organization_id=token.organization_id, request_id=request_id).first()
+    if existing is not None:
+        allowed = existing.state == Reservation.State.OPEN and existing.expires_at > now
+        reservation = existing
+    else:
+        allowed = taken.inserted
     answer_budgets = [
         Figures(b, periods[b.pk][0], periods[b.pk][1], spend[b.pk], held[b.pk]).as_dict() for b in budgets
     ]
     answer: dict = {"allowed": allowed, "degraded": False}
-    if allowed and reservation is not None:
+    if allowed:
         answer["reservation_id"] = str(reservation.pk)
         answer["expires_at"] = reservation.expires_at
         answer["amount"] = reservation.amount
@@ -331,7 +239,7 @@ def reserve_answer_for(scope: AccessScope, answer: dict) -> dict:
     if scope.sees_whole_organization:
         return answer
     hidden = dict.fromkeys(("spend", "reserved", "remaining"))
-    budgets = [{**b, **hidden} if b["scope"] == "organization" else b for b in answer["budgets"]]
+    budgets = [{**b, **hidden} if spans_teams(b) else b for b in answer["budgets"]]
     return {**answer, "budgets": budgets}
 
 

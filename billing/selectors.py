@@ -22,7 +22,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Q
 
-from metrics.selectors import EventFilter, rolled_up_team_costs, usage_by
+from llmcost_project.db import Sum
+from metrics.selectors import EventFilter, rolled_up_team_costs, scoped_events, usage_by
 from teams.access import AccessScope
 from teams.models import Organization, Team
 
@@ -101,11 +102,7 @@ def _window_costs(budgets: list[Budget], start: datetime, end: datetime, *, roll
     costs: dict[int, Decimal] = {}
     for budget in budgets:
         if (budget.end_user or budget.token_id is not None) and not rolled_up_only:
-            # Scopes the grouped reads do not keep: a token budget's spend is what its reservations
-            # settled (events do not record the token); an end user's is read from raw events.
-            from .reservations import scoped_spend  # the reservations part builds on this module
-
-            costs[budget.pk] = scoped_spend(budget, start, end)
+            costs[budget.pk] = _raw_scope_cost(budget, start, end)
         elif (budget.user_id or budget.end_user or budget.token_id is not None) and rolled_up_only:
             evaluated = budget.evaluated_period_start == start and budget.evaluated_spend_usd is not None
             costs[budget.pk] = budget.evaluated_spend_usd if evaluated else Decimal(0)
@@ -116,6 +113,18 @@ def _window_costs(budgets: list[Budget], start: datetime, end: datetime, *, roll
         else:
             costs[budget.pk] = sum(by_team.values(), Decimal(0))
     return costs
+
+
+def _raw_scope_cost(budget: Budget, start: datetime, end: datetime) -> Decimal:
+    """Spend of an end user or token budget: rollups keep neither, so raw events (by index:
+    end users within the organization's time range, tokens by their own)."""
+    filters = EventFilter(start=start, end=end, user_id=budget.user_id or None)
+    events = scoped_events(scope=budget_scope(budget), filters=filters)
+    if budget.end_user:
+        events = events.filter(end_user=budget.end_user)
+    if budget.token_id is not None:
+        events = events.filter(api_token_id=budget.token_id)
+    return events.aggregate(total=Sum("cost"))["total"] or Decimal(0)
 
 
 def _windows_costs(windows: Windows, *, rolled_up_only: bool = False) -> dict[tuple, dict[int, Decimal]]:
@@ -280,6 +289,7 @@ class BudgetStatus:
             "scope": self.scope,
             "team_alias": self.budget.team.alias if self.budget.team else None,
             "user_id": self.budget.user_id or None,
+            "end_user": self.budget.end_user or None,
             "period": self.budget.period,
             "period_start": self.period_start,
             "period_end": self.period_end,
@@ -319,71 +329,116 @@ def budget_status(budget: Budget, now: datetime | None = None, *, fresh: bool = 
     return BudgetStatus.of(budget, spend, now)
 
 
+@dataclass(frozen=True)
+class BudgetCaller:
+    """Who is about to spend: the dimensions a budget may limit."""
+
+    team_id: int | None = None
+    user_id: str | None = None
+    end_user: str | None = None
+    token_id: int | None = None
+
+    def q(self) -> Q:
+        """The budgets that bind this caller, as a filter (see `binds`: the same rule)."""
+        applies = Q(team__isnull=True)
+        if self.team_id is not None:
+            applies |= Q(team_id=self.team_id, user_id="")
+            if self.user_id:
+                applies |= Q(team_id=self.team_id, user_id=self.user_id)
+        applies &= Q(end_user="") | Q(end_user=self.end_user or "", end_user__gt="")
+        if self.token_id is None:
+            return applies & Q(token__isnull=True)
+        return applies & (Q(token__isnull=True) | Q(token_id=self.token_id))
+
+    def binds(self, team_id: int | None, user_id: str, end_user: str, token_id: int | None) -> bool:
+        """Whether a budget with these dimensions binds this caller (`q`'s rule, in Python)."""
+        return (
+            (team_id is None or team_id == self.team_id)
+            and (not user_id or (team_id is not None and user_id == self.user_id))
+            and (not end_user or end_user == self.end_user)
+            and (token_id is None or token_id == self.token_id)
+        )
+
+
 def applicable_budgets(
     *, organization: Organization, team: Team | None, user_id: str | None, end_user: str | None = None,
     token_id: int | None = None,
 ) -> list[Budget]:
     """The organization's budgets, the team's, and the user's within the team; with `end_user` or
     `token_id`, also the budgets of that end user and that token (each within its team, if any)."""
-    applies = Q(team__isnull=True)
-    if team is not None:
-        applies |= Q(team=team, user_id="")
-        if user_id:
-            applies |= Q(team=team, user_id=user_id)
-    applies &= Q(end_user="") | Q(end_user=end_user or "", end_user__gt="")
-    applies &= Q(token__isnull=True) | Q(token_id=token_id) if token_id is not None else Q(token__isnull=True)
-    budgets = Budget.objects.filter(applies, organization=organization, is_active=True)
+    caller = BudgetCaller(team.pk if team else None, user_id, end_user, token_id)
+    budgets = Budget.objects.filter(caller.q(), organization=organization, is_active=True)
     return list(budgets.select_related("organization", "team").order_by("id"))
 
 
-def budget_check(*, organization: Organization, team: Team | None, user_id: str | None) -> dict:
+def budget_check(
+    *, organization: Organization, team: Team | None, user_id: str | None, end_user: str | None = None,
+    token_id: int | None = None,
+) -> dict:
     """The answer a gateway gets. Cached as a whole for the spend window: a gateway asks before
     every call, and the key names the organization, so no answer serves another organization."""
+    scope = {"organization": organization, "team": team, "user_id": user_id, "end_user": end_user,
+             "token_id": token_id}  # fmt: skip
     ttl = settings.BUDGET_SPEND_CACHE_SECONDS
     if ttl <= 0:
-        return _budget_check(organization=organization, team=team, user_id=user_id)
-    # Whether any budget applies is cached per organization, so a call from a user or team
-    # without one (most calls) costs no query even when its own answer is not cached yet.
-    scopes_key = f"budget-scopes:{organization.pk}"
-    scopes = cache.get(scopes_key)
-    if scopes is None:
+        return _budget_check(**scope)
+    # The organization's budgets' dimensions are cached per organization, so a call from a caller
+    # no budget binds (most calls) costs no query even when its own answer is not cached yet.
+    dimensions_key = f"budget-dimensions:{organization.pk}"
+    dimensions = cache.get(dimensions_key)
+    if dimensions is None:
         active = Budget.objects.filter(organization=organization, is_active=True)
-        scopes = set(active.values_list("team_id", "user_id"))
-        cache.set(scopes_key, scopes, ttl)
+        dimensions = set(active.values_list("team_id", "user_id", "end_user", "token_id"))
+        cache.set(dimensions_key, dimensions, ttl)
     team_id = team.pk if team else None
-    if not any(t is None or (t == team_id and u in ("", user_id)) for t, u in scopes):
-        return {"allowed": True, "team_alias": team.alias if team else None, "user_id": user_id, "budgets": []}
+    if not any(BudgetCaller(team_id, user_id, end_user, token_id).binds(*d) for d in dimensions):
+        return _check_answer(team, user_id, end_user, [])
     # Users ids are free text: hashed, they make a key every cache backend takes.
-    user_key = hashlib.sha256(user_id.encode()).hexdigest()[:32] if user_id else ""
-    key = f"budget-check:{organization.pk}:{team_id or '-'}:{user_key}"
+    who = hashlib.sha256(f"{user_id or ''}|{end_user or ''}|{token_id or ''}".encode()).hexdigest()[:32]
+    key = f"budget-check:v2:{organization.pk}:{team_id or '-'}:{who}"
     answer = cache.get(key)
     if answer is None:
-        answer = _budget_check(organization=organization, team=team, user_id=user_id)
+        answer = _budget_check(**scope)
         cache.set(key, answer, ttl)
     return answer
 
 
-def _budget_check(*, organization: Organization, team: Team | None, user_id: str | None) -> dict:
-    statuses = budget_statuses(applicable_budgets(organization=organization, team=team, user_id=user_id))
-    return {
+def _check_answer(team: Team | None, user_id: str | None, end_user: str | None, statuses: list[BudgetStatus]) -> dict:
+    answer = {
         "allowed": all(status.allowed for status in statuses),
         "team_alias": team.alias if team else None,
         "user_id": user_id,
         "budgets": [status.as_dict() for status in statuses],
     }
+    if end_user:
+        answer["end_user"] = end_user
+    return answer
+
+
+def _budget_check(*, organization, team, user_id, end_user, token_id) -> dict:
+    budgets = applicable_budgets(
+        organization=organization, team=team, user_id=user_id, end_user=end_user, token_id=token_id
+    )
+    return _check_answer(team, user_id, end_user, budget_statuses(budgets))
 
 
 WITHHELD_FIGURES = ("spend", "remaining", "percent_used", "projected_spend", "projected_runs_out_on")
 
 
+def spans_teams(budget: dict) -> bool:
+    """Whether a budget's spend (in an answer) is several teams' spending: one with no team, but
+    the caller's own token's (the check and reserve answer for the calling token only)."""
+    return budget["team_alias"] is None and budget["scope"] != "token"
+
+
 def budget_check_for(scope: AccessScope, answer: dict) -> dict:
-    """`answer` as `scope` may read it. Organization budgets bind a team-limited caller (a pinned
-    token) too, so they are listed with their limit, period and whether they allow spending, but
-    their spend (every team's) is withheld: None."""
+    """`answer` as `scope` may read it. Organization-wide budgets bind a team-limited caller (a
+    pinned token) too, so they are listed with their limit, period and whether they allow spending,
+    but their spend (every team's) is withheld: None."""
     if scope.sees_whole_organization:
         return answer
     budgets = [
-        {**budget, **dict.fromkeys(WITHHELD_FIGURES)} if budget["scope"] == "organization" else budget
+        {**budget, **dict.fromkeys(WITHHELD_FIGURES)} if spans_teams(budget) else budget
         for budget in answer["budgets"]
     ]
     return {**answer, "budgets": budgets}

@@ -52,3 +52,8 @@ class Sum(models.Sum):
         if self.output_field.get_internal_type() in _INTEGER_TYPES:
             extra_context["function"] = "EXACT_SUM"
         return super().as_sqlite(compiler, connection, **extra_context)
+
+
+def exact_sum_function(connection) -> str:
+    """The SQL aggregate `Sum` uses for integer columns, for statements written by hand."""
+    return "EXACT_SUM" if connection.vendor == "sqlite" else "SUM"

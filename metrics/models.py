@@ -16,6 +16,10 @@ class UsageEvent(models.Model):
     # No index of its own: every index below starts with it.
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    # The token the event came with (token budgets count it); kept when the token is deleted.
+    api_token = models.ForeignKey(
+        "teams.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     request_id = models.CharField(max_length=128)
     timestamp = models.DateTimeField()
     received_at = models.DateTimeField(default=timezone.now)
@@ -71,6 +75,8 @@ class UsageEvent(models.Model):
             # One user's events (a user filter on the dashboard or the requests page): rollups keep
             # users by day and without models or latencies, so those views read raw events.
             models.Index(fields=["organization", "user_id", "timestamp"], name="event_org_user_time"),
+            # A token budget's period (rollups do not keep tokens).
+            models.Index(fields=["api_token", "timestamp"], name="event_token_time"),
         ]
 
     def __str__(self) -> str:

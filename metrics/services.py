@@ -56,10 +56,10 @@ class RejectedEvent:
 
 # The columns ingest writes, in the order rows are built; `_EventWriter` checks it against the model.
 EVENT_COLUMNS = (
-    "organization_id", "team_id", "request_id", "timestamp", "received_at", "model", "model_requested",
-    "provider", "provider_requested", "prompt_tokens", "output_tokens", "total_tokens", "cached_tokens",
-    "cache_write_tokens", "usage", "prompt_cost", "output_cost", "cost", "client_cost", "is_priced", "price_id",
-    "cost_source", "list_cost", "latency_ms",
+    "organization_id", "team_id", "api_token_id", "request_id", "timestamp", "received_at", "model",
+    "model_requested", "provider", "provider_requested", "prompt_tokens", "output_tokens", "total_tokens",
+    "cached_tokens", "cache_write_tokens", "usage", "prompt_cost", "output_cost", "cost", "client_cost",
+    "is_priced", "price_id", "cost_source", "list_cost", "latency_ms",
     "time_to_first_token_ms", "cache_hit", "cache_similarity_score", "is_batched", "batch_id", "batch_size",
     "user_id", "end_user", "query_type", "status", "error_message", "metadata", "tags",
 )
@@ -93,7 +93,9 @@ def event_priced(event: EventIn, *, organization_id: int, book) -> PricedEvent:
     )
 
 
-def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_at: datetime, book) -> tuple:
+def _event_row(
+    event: EventIn, *, organization_id: int, team_id: int, token_id: int, received_at: datetime, book
+) -> tuple:
     """One event's column values (in EVENT_COLUMNS order), priced at its own timestamp.
 
     Money is already at the precision it is stored with (whole 1e-10 USD units).
@@ -102,6 +104,7 @@ def _event_row(event: EventIn, *, organization_id: int, team_id: int, received_a
     return (
         organization_id,
         team_id,
+        token_id,
         event.request_id,
         event.timestamp,
         received_at,
@@ -214,9 +217,9 @@ def _units(value: Decimal) -> int:
 def _copy_line(row: tuple, received_at: str) -> str:
     """One row in COPY's text format: tab-separated, \\N for NULL, backslash escapes in text."""
     (
-        organization_id, team_id, request_id, timestamp, _, model, model_requested, provider, provider_requested,
-        prompt_tokens, output_tokens, total_tokens, cached_tokens, cache_write_tokens, usage, prompt_cost,
-        output_cost, cost, client_cost, is_priced, price_id, cost_source, list_cost, latency_ms,
+        organization_id, team_id, token_id, request_id, timestamp, _, model, model_requested, provider,
+        provider_requested, prompt_tokens, output_tokens, total_tokens, cached_tokens, cache_write_tokens, usage,
+        prompt_cost, output_cost, cost, client_cost, is_priced, price_id, cost_source, list_cost, latency_ms,
         time_to_first_token_ms, cache_hit, cache_similarity_score,
         is_batched, batch_id, batch_size, user_id, end_user, query_type, status, error_message, metadata, tags,
     ) = row  # fmt: skip
@@ -234,7 +237,7 @@ def _copy_line(row: tuple, received_at: str) -> str:
             query_type, status, error_message, metadata, tags,
         ) = (text.translate(_COPY_ESCAPES) for text in texts)  # fmt: skip
     return (
-        f"{organization_id}\t{team_id}\t{request_id}\t{timestamp.isoformat()}\t{received_at}\t{model}\t"
+        f"{organization_id}\t{team_id}\t{token_id}\t{request_id}\t{timestamp.isoformat()}\t{received_at}\t{model}\t"
         f"{model_requested}\t{provider}\t{provider_requested}\t{prompt_tokens}\t{output_tokens}\t{total_tokens}\t"
         f"{cached_tokens}\t{cache_write_tokens}\t{usage}\t{_units(prompt_cost)}\t{_units(output_cost)}\t"
         f"{_units(cost)}\t{_NULL if client_cost is None else _units(client_cost)}\t{is_priced}\t"
@@ -324,7 +327,8 @@ def usage_events_record(
             if not repeated:
                 try:
                     row = _event_row(
-                        event, organization_id=token.organization_id, team_id=team.id, received_at=received_at,
+                        event, organization_id=token.organization_id, team_id=team.id, token_id=token.pk,
+                        received_at=received_at,
                         book=book,
                     )  # fmt: skip
                 except UsageError as error:  # parts that contradict each other under this price

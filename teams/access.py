@@ -71,6 +71,13 @@ class AccessScope:
         except Team.DoesNotExist:
             raise Http404("No such team.") from None
 
+    def find_team(self, alias: str) -> Team | None:
+        """A visible team by alias, or None; through the prepared query, for the per-call APIs."""
+        found = _query("teams", _TeamsQuery)(self.organization, [alias], False)
+        if not found or (self.team_ids is not None and found[0].pk not in self.team_ids):
+            return None
+        return found[0]
+
 
 # --- API tokens ---------------------------------------------------------------------------------
 

@@ -370,3 +370,50 @@ def test_with_caching_on_a_call_no_budget_applies_to_costs_no_query(world, setti
     answer = budget_check(organization=world.acme, team=world.search, user_id="bob")
     assert answer["allowed"] is True  # a soft budget: over, but allowed
     assert [b["spend"] for b in answer["budgets"]] == [Decimal("6.00")]
+
+
+def test_it_answers_for_the_end_user_and_the_calling_token_too(world):
+    from billing.services import budget_create as create
+
+    customer = create(organization=world.acme, end_user="customer-7", amount_usd=Decimal("1"), period="monthly",
+                      is_hard=True, name="customer")  # fmt: skip
+    create(organization=world.acme, token=world.tokens["ingest"], amount_usd=Decimal("5"), period="monthly",
+           is_hard=True, name="gateway")  # fmt: skip
+    ingest(world.ingest, costing("1", end_user="customer-7"), costing("2", end_user="customer-8"))
+    body = ok(world.ingest, team_alias="chatbot", end_user="customer-7")
+    assert set(by_name(body)) == {"customer", "gateway"} and body["allowed"] is False
+    assert money(by_name(body)["customer"]["spend"]) == Decimal(1) and body["end_user"] == "customer-7"
+    assert money(by_name(body)["gateway"]["spend"]) == Decimal(3)  # every event the token sent
+    assert set(by_name(ok(world.ingest, team_alias="chatbot", end_user="customer-8"))) == {"gateway"}
+    assert set(by_name(ok(world.read, end_user="customer-7"))) == {"customer"}  # the token budget: not its own
+    # A team-limited caller sees that an organization-wide end user budget binds, not its spend.
+    pinned = by_name(ok(world.pinned, end_user="customer-7"))["customer"]
+    assert pinned["allowed"] is False and pinned["spend"] is None
+    assert ok(world.globex_token, end_user="customer-7")["budgets"] == []
+    customer.delete()
+
+
+@pytest.mark.parametrize("team", [None, "chatbot", "search"])
+@pytest.mark.parametrize("user_id", [None, "alice"])
+@pytest.mark.parametrize("end_user", [None, "customer-7"])
+@pytest.mark.parametrize("token", [None, "ingest", "read"])
+def test_the_budgets_that_bind_a_caller_are_the_same_in_sql_and_in_python(world, team, user_id, end_user, token):
+    """The check's no-budget shortcut decides in Python what `applicable_budgets` filters in SQL."""
+    from billing.selectors import BudgetCaller, applicable_budgets
+
+    teams = {"chatbot": world.chatbot, "search": world.search}
+    for budget_team in (None, world.chatbot, world.search):
+        for budget_user in ("", "alice", "bob"):
+            for budget_end_user in ("", "customer-7", "customer-8"):
+                for budget_token in (None, world.tokens["ingest"], world.tokens["read"]):
+                    if budget_user and budget_team is None:
+                        continue
+                    Budget.objects.create(organization=world.acme, team=budget_team, user_id=budget_user,
+                                          end_user=budget_end_user, token=budget_token, amount_usd=1)  # fmt: skip
+    token_id = world.tokens[token].pk if token else None
+    caller = BudgetCaller(teams[team].pk if team else None, user_id, end_user, token_id)
+    in_sql = applicable_budgets(organization=world.acme, team=teams.get(team or ""), user_id=user_id,
+                                end_user=end_user, token_id=token_id)  # fmt: skip
+    in_python = [b for b in Budget.objects.filter(organization=world.acme).order_by("id")
+                 if caller.binds(b.team_id, b.user_id, b.end_user, b.token_id)]  # fmt: skip
+    assert [b.pk for b in in_sql] == [b.pk for b in in_python] and in_sql

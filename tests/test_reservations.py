@@ -290,6 +290,19 @@ def test_a_token_budget_binds_what_that_token_reserves(world):
     assert answer["allowed"] is True and money(by_name(answer)["gateway token"]["spend"]) == money("0.02")
 
 
+def test_a_token_budget_counts_every_event_sent_with_that_token(world):
+    """Traffic sent with the token without reserving counts too: events record their token."""
+    new_budget(world.acme, "0.10", token=world.tokens["ingest"], name="gateway token")
+    ingest(world.ingest, costing("0.07"))  # no reservation
+    ingest(world.both, costing("0.50"))  # another token of the organization
+    answer = reserve(world.ingest, amount="0.04")
+    assert answer["allowed"] is False and money(by_name(answer)["gateway token"]["spend"]) == money("0.07")
+    assert reserve(world.ingest, amount="0.03")["allowed"] is True
+    assert set(UsageEvent.objects.values_list("api_token_id", flat=True)) == {
+        world.tokens["ingest"].pk, world.tokens["both"].pk,
+    }  # fmt: skip
+
+
 def test_a_pinned_token_sees_the_organization_budget_without_its_figures(world):
     new_budget(world.acme, "1.00", name="org")
     new_budget(world.acme, "1.00", team=world.chatbot, name="team")
@@ -308,7 +321,7 @@ def _store_down(monkeypatch):
     def fail(*args, **kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(reservations, "_held", fail)
+    monkeypatch.setattr(reservations, "take_holds", fail)
 
 
 @pytest.mark.parametrize(("on_error", "allowed"), [("allow", True), ("deny", False)])
