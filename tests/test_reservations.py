@@ -345,6 +345,27 @@ def test_budgets_that_cannot_be_read_answer_with_the_default(world, monkeypatch)
 
 # --- concurrency --------------------------------------------------------------------------------------
 
+def test_with_spend_reused_a_reservation_is_three_queries_and_its_locked_part_one(world, settings):
+    """Token, team, then the locked part: one round trip on PostgreSQL, so the ledger locks are
+    never held across the network; SQLite runs the same statements one by one in its one writer."""
+    from django.test.utils import CaptureQueriesContext
+
+    settings.RESERVE_SPEND_CACHE_SECONDS = settings.BUDGET_SPEND_CACHE_SECONDS = 60
+    new_budget(world.acme, "1.00", name="org")
+    new_budget(world.acme, "1.00", team=world.chatbot, name="team")
+    new_budget(world.acme, "1.00", team=world.chatbot, hard=False, name="soft")
+    reserve(world.ingest, amount="0.01")  # reads and keeps the budgets and their spend
+    with CaptureQueriesContext(connection) as queries:
+        answer = reserve(world.ingest, amount="0.01")
+    assert answer["allowed"] is True and money(by_name(answer)["team"]["reserved"]) == money("0.02")
+    locked = [q["sql"] for q in queries.captured_queries if "applying" in q["sql"]]
+    if connection.vendor == "postgresql":
+        assert len(queries.captured_queries) == 3 and len(locked) == 1 and "FOR UPDATE" in locked[0]
+    else:
+        assert len(locked) == 4  # ledgers, reservation, holds, answer: the same SQL, statement by statement
+    assert ReservationHold.objects.filter(is_open=True).count() == 2 * 3
+
+
 @pytest.mark.parametrize("spent", ["0", "0.30"])
 def test_concurrent_reservations_grant_exactly_what_fits(world, spent):
     new_budget(world.acme, "1.00", team=world.chatbot, name="team")
