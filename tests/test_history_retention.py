@@ -80,11 +80,10 @@ def test_it_prunes_finished_deliveries_past_the_window_in_chunks_and_keeps_every
 def test_the_window_follows_the_setting(world, channels, settings):
     acme, _ = channels
     settings.NOTIFICATION_HISTORY_DAYS = 10
-    old = delivery(acme, Status.DELIVERED, finished=11)
+    delivery(acme, Status.DELIVERED, finished=11)
     recent = delivery(acme, Status.DELIVERED, finished=9)
     assert notification_history_prune(now=NOW) == 1
     assert remaining(NotificationDelivery) == [recent.pk]
-    assert old.pk not in remaining(NotificationDelivery)
 
 
 def test_it_stops_at_its_time_budget_and_goes_on_at_the_next_run(world, channels):
@@ -133,9 +132,9 @@ def forecast(budget: Budget, *, period_start: datetime, sent: float | None) -> B
 
 def test_it_prunes_sent_forecast_alerts_of_periods_that_are_over_and_keeps_unsent_ones(world, settings):
     budget = budget_create(organization=world.acme, team=world.chatbot, amount_usd=Decimal(10), period="monthly")
-    gone = forecast(budget, period_start=days_ago(150), sent=149)
+    forecast(budget, period_start=days_ago(150), sent=149)  # pruned
     unsent = forecast(budget, period_start=days_ago(120), sent=None)  # still to send: never pruned
-    recent = forecast(budget, period_start=days_ago(60), sent=59)
+    forecast(budget, period_start=days_ago(60), sent=59)  # pruned once the window is a day
     settings.NOTIFICATION_HISTORY_DAYS = 1
     # Sent two days ago, but its period (a month from 20 days ago) is not over: the row is what stops
     # evaluation from recording (and sending) this period's forecast again.
@@ -144,7 +143,6 @@ def test_it_prunes_sent_forecast_alerts_of_periods_that_are_over_and_keeps_unsen
     assert notification_history_prune(now=NOW) == 2
 
     assert remaining(BudgetForecastAlert) == sorted([unsent.pk, current.pk])
-    assert gone.pk != recent.pk
 
 
 @pytest.mark.parametrize("period", Budget.Period.values)
