@@ -12,7 +12,7 @@ from teams.models import Team
 
 from .forms import email_list
 from .models import EVENT_TYPES, NotificationChannel
-from .models.channels import HTTP_URL
+from .safe_http import HTTP_URL
 
 EVENT_LABELS = {
     "budget.threshold": "Budget thresholds (budget.threshold)",
@@ -60,7 +60,7 @@ class ChannelForm(forms.Form):
     def clean_url(self) -> str:
         url = self.cleaned_data["url"].strip()
         if url:
-            HTTP_URL(url)  # only http(s): never file:, ftp: or anything urllib would open
+            HTTP_URL(url)  # only http(s): never file:, ftp: or any other scheme
         return url
 
     def clean_emails(self) -> list[str]:

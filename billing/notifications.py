@@ -9,7 +9,8 @@ conditional update, so two workers never attempt the same one at once, and sends
 Retries: 5xx, 429, timeouts and refused or dropped connections are retried with a growing pause
 (30 s, 1 min, 2 min ... at most an hour) for `NOTIFICATION_RETRY_HOURS` (24) after the event, then
 the delivery is marked failed. Any other answer (a 3xx or 4xx) means the channel is misconfigured:
-failed at once. The body, and its X-Llmcost-Delivery id, are the same on every attempt.
+failed at once, as is a URL whose host resolves to a non-public address (billing/safe_http.py).
+The body, and its X-Llmcost-Delivery id, are the same on every attempt.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import json
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from django.urls import reverse
 from billing.pricing.formatting import usd
 from metrics.failures import JobRun
 
+from . import safe_http
 from .models import EVENT_TYPES, BudgetAlert, NotificationChannel, NotificationDelivery
 
 logger = logging.getLogger(__name__)
@@ -291,41 +291,36 @@ class Attempt:
     retry_after: timedelta | None = None
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is answered as the 3xx it is: a receiver that moved is a configuration to fix,
-    and following it would re-send a signed POST to wherever it points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
 def _post(delivery: NotificationDelivery) -> Attempt:
     channel = delivery.channel
     body = request_body(delivery)
-    request = urllib.request.Request(channel.url, data=body, method="POST")  # noqa: S310 (http(s) only, validated)
-    request.add_header("Content-Type", "application/json")
-    request.add_header("User-Agent", USER_AGENT)
-    request.add_header("X-Llmcost-Event", delivery.event_type)
-    request.add_header("X-Llmcost-Delivery", str(delivery.uuid))
-    request.add_header("X-Llmcost-Signature", signature(channel.secret, body))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Llmcost-Event": delivery.event_type,
+        "X-Llmcost-Delivery": str(delivery.uuid),
+        "X-Llmcost-Signature": signature(channel.secret, body),
+    }
     try:
-        with _opener.open(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
-            response.read(1024)
-            return Attempt(delivered=True, status_code=response.status)
-    except urllib.error.HTTPError as exc:
-        code = exc.code
-        detail = exc.read(300).decode(errors="replace").strip() if exc.fp else ""
-        error = f"HTTP {code}{f': {detail}' if detail else ''}"
-        if code == 429 or code >= 500:
-            return Attempt(delivered=False, retry=True, status_code=code, error=error,
-                           retry_after=_retry_after(exc.headers.get("Retry-After")))  # fmt: skip
-        return Attempt(delivered=False, retry=False, status_code=code, error=error)
-    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return Attempt(delivered=False, retry=True, error=f"{type(reason).__name__}: {reason}")
+        # Redirects are not followed: a receiver that moved is a configuration to fix, and following
+        # one would re-send a signed POST to wherever it points (a private address included).
+        answer = safe_http.post(channel.url, body=body, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+    except safe_http.NonPublicAddress as exc:
+        # Checked on save too, but DNS may have changed since: nothing was sent, and retrying would
+        # only ask the same resolver again, so the delivery fails at once.
+        return Attempt(delivered=False, retry=False, error=str(exc))
+    except ValueError as exc:  # a URL stored before it was validated
+        return Attempt(delivered=False, retry=False, error=f"Invalid URL: {exc}")
+    except (OSError, http.client.HTTPException) as exc:  # timeouts, refused or dropped connections, DNS, TLS
+        return Attempt(delivered=False, retry=True, error=f"{type(exc).__name__}: {exc}")
+    if 200 <= answer.status < 300:
+        return Attempt(delivered=True, status_code=answer.status)
+    detail = answer.body[:300].decode(errors="replace").strip()
+    error = f"HTTP {answer.status}{f': {detail}' if detail else ''}"
+    if answer.status == 429 or answer.status >= 500:
+        return Attempt(delivered=False, retry=True, status_code=answer.status, error=error,
+                       retry_after=_retry_after(answer.retry_after))  # fmt: skip
+    return Attempt(delivered=False, retry=False, status_code=answer.status, error=error)
 
 
 def _retry_after(value: str | None) -> timedelta | None:

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import notifications, services
+from . import history, notifications, services
 
 
 @shared_task
@@ -13,3 +13,9 @@ def budgets_evaluate() -> int:
 @shared_task
 def notification_deliveries_send() -> int:
     return notifications.deliveries_send()
+
+
+@shared_task
+def notification_history_prune() -> int:
+    """Beat, hourly: finished deliveries and sent forecast and anomaly alerts past NOTIFICATION_HISTORY_DAYS."""
+    return history.notification_history_prune()

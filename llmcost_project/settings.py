@@ -393,6 +393,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metrics.tasks.spend_anomalies_detect", "schedule": 300.0, "options": {"expires": 290},
     },
     "raw-events-prune": {"task": "metrics.tasks.raw_events_prune", "schedule": 3600.0, "options": {"expires": 3000}},
+    "reprice-history-prune": {
+        "task": "metrics.tasks.reprice_history_prune", "schedule": 3600.0, "options": {"expires": 3000},
+    },
+    "notification-history-prune": {
+        "task": "billing.tasks.notification_history_prune", "schedule": 3600.0, "options": {"expires": 3000},
+    },
     "notification-deliveries-send": {
         "task": "billing.tasks.notification_deliveries_send", "schedule": 60.0, "options": {"expires": 55},
     },
@@ -416,6 +422,14 @@ RESERVE_SPEND_CACHE_SECONDS = env_int("RESERVE_SPEND_CACHE_SECONDS", 1)
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 # A webhook or Slack delivery that keeps failing (5xx, 429, timeouts) is retried this long, then failed.
 NOTIFICATION_RETRY_HOURS = env_int("NOTIFICATION_RETRY_HOURS", 24, minimum=1)
+# Off: a webhook or Slack URL must resolve only to public addresses, when saved and at every delivery
+# (billing/safe_http.py). On: loopback, private and link-local targets are allowed too (a receiver
+# inside the same network; the test suite's local receiver).
+NOTIFICATION_ALLOW_PRIVATE_URLS = env_bool("NOTIFICATION_ALLOW_PRIVATE_URLS", False)
+# Finished deliveries (and sent forecast and anomaly alerts) older than this are pruned, hourly.
+NOTIFICATION_HISTORY_DAYS = env_int("NOTIFICATION_HISTORY_DAYS", 90, minimum=1)
+# Finished repricing records (metrics.RepriceRequest) older than this are pruned, hourly.
+REPRICE_HISTORY_DAYS = env_int("REPRICE_HISTORY_DAYS", 90, minimum=1)
 
 # --- Prometheus (/metrics) ------------------------------------------------------------------
 # Scrapers present `Authorization: Bearer <PROMETHEUS_SCRAPE_TOKEN>` and/or connect from one of

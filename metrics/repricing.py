@@ -9,12 +9,14 @@ once every organization's events in the window are repriced, so the work never l
 the queue: a task that could not be queued (the broker away) or was lost with it (Redis
 restarted, a worker killed) is run by `reprice_requests_sweep`, every minute. An organization
 whose repricing fails (recorded as a JobFailure) stays in the request and is retried after a
-growing pause, never given up: a price must end up applied.
+growing pause, never given up: a price must end up applied. Finished records are pruned after
+`REPRICE_HISTORY_DAYS` (`reprice_history_prune`, hourly); an unfinished one never is.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -24,7 +26,7 @@ from django.dispatch import receiver
 
 from billing.pricing import price_changed
 
-from .failures import retry_pause
+from .failures import JobRun, retry_pause
 from .models import RepriceRequest, UsageEvent
 from .services import usage_events_reprice
 
@@ -102,3 +104,48 @@ def reprice_requests_sweep(*, now: datetime | None = None) -> int:
     now = now or datetime.now(UTC)
     due = RepriceRequest.objects.filter(_claimable(now)).order_by("id").values_list("id", flat=True)
     return sum(reprice_request_run(pk, now=now) for pk in due)
+
+
+REPRICE_PRUNE_JOB = "reprice_history_prune"
+
+
+def reprice_history_prune(
+    *, now: datetime | None = None, chunk_size: int = 1000, time_budget_seconds: float = 120.0
+) -> int:
+    """Delete finished repricing records older than `REPRICE_HISTORY_DAYS`, in chunks of one
+    transaction each; returns how many went. An unfinished request (still to run, or retrying a
+    failed organization) is never deleted, however old.
+
+    An organization's own records (its price list's changes) are pruned isolated per organization.
+    Platform price records belong to no organization: they go last, so a failure there (raised to
+    the task's log, retried at the next run) never holds back an organization's."""
+    now = now or datetime.now(UTC)
+    deadline = time.monotonic() + time_budget_seconds
+    finished = RepriceRequest.objects.filter(
+        finished_at__lt=now - timedelta(days=settings.REPRICE_HISTORY_DAYS)
+    ).order_by()
+    run = JobRun(REPRICE_PRUNE_JOB, now=now)
+    deleted = 0
+    owners = finished.filter(organization__isnull=False).values_list("organization_id", flat=True).distinct()
+    for organization_id in sorted(owners):
+        if not run.due(organization_id):
+            continue
+        while time.monotonic() < deadline:
+            with run.unit(organization_id) as outcome:
+                gone = _chunk_delete(finished.filter(organization_id=organization_id), chunk_size)
+                deleted += gone
+            if not outcome.ok or gone < chunk_size:
+                break
+    while time.monotonic() < deadline:
+        gone = _chunk_delete(finished.filter(organization__isnull=True), chunk_size)
+        deleted += gone
+        if gone < chunk_size:
+            break
+    return deleted
+
+
+def _chunk_delete(rows, chunk_size: int) -> int:
+    with transaction.atomic():
+        ids = list(rows.values_list("id", flat=True)[:chunk_size])
+        # The same conditions again: only finished records, whatever happened since they were selected.
+        return rows.filter(id__in=ids).delete()[0] if ids else 0

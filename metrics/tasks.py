@@ -35,6 +35,12 @@ def reprice_requests_sweep() -> int:
 
 
 @shared_task
+def reprice_history_prune() -> int:
+    """Beat, hourly: finished repricing records past REPRICE_HISTORY_DAYS."""
+    return repricing.reprice_history_prune()
+
+
+@shared_task
 def spend_anomalies_detect() -> int:
     """Beat, every 5 minutes: each team's last closed hours against its baseline (metrics.anomalies)."""
     return anomalies.spend_anomalies_detect()

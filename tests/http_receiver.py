@@ -1,8 +1,10 @@
 """A real HTTP receiver for tests: http.server in a thread on 127.0.0.1 that records every request
-and answers with scripted statuses (e.g. 500, 500, then 200s), optionally after a delay."""
+and answers with scripted statuses (e.g. 500, 500, then 200s), optionally after a delay. Given a
+server-side TLS context it speaks HTTPS, and records the server name (SNI) each client asked for."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ class Receiver:
     then: int = 200
     delay: float = 0.0
     requests: list[Request] = field(default_factory=list)
+    server_names: list[str | None] = field(default_factory=list)  # TLS only
+    port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wait_for(self, count: int, timeout: float = 10) -> list[Request]:
@@ -35,7 +39,9 @@ class Receiver:
 
 
 @contextmanager
-def http_receiver(*statuses: int, then: int = 200, delay: float = 0.0) -> Iterator[Receiver]:
+def http_receiver(
+    *statuses: int, then: int = 200, delay: float = 0.0, tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
     receiver = Receiver(url="", statuses=list(statuses), then=then, delay=delay)
 
     class Handler(BaseHTTPRequestHandler):
@@ -60,7 +66,15 @@ def http_receiver(*statuses: int, then: int = 200, delay: float = 0.0) -> Iterat
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    receiver.port = server.server_address[1]
+    if tls is not None:
+
+        def sni(sock, server_name, context):
+            receiver.server_names.append(server_name)
+
+        tls.sni_callback = sni
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    receiver.url = f"{'https' if tls else 'http'}://127.0.0.1:{receiver.port}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -28,6 +28,7 @@ APP_VARIABLES = {
     "TIME_ZONE", "DATABASE_URL", "DB_CONN_MAX_AGE", "TEST_DATABASE_NAME", "REDIS_URL", "CACHE_KEY_PREFIX",
     "EMAIL_URL", "DEFAULT_FROM_EMAIL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "API_MAX_BODY_BYTES",
     "API_RATE_LIMIT", "INGEST_MAX_FUTURE_SECONDS", "PRICE_CACHE_SECONDS", "LOG_LEVEL", "DJANGO_SETTINGS_MODULE",
+    "NOTIFICATION_ALLOW_PRIVATE_URLS", "NOTIFICATION_HISTORY_DAYS", "REPRICE_HISTORY_DAYS",
 }
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|ImproperlyConfigured)\b.*?:", re.M)
 
@@ -70,7 +71,11 @@ MALFORMED = {
     "TIME_ZONE": {"TIME_ZONE": "Mars/Olympus"},
     "API_MAX_BODY_BYTES": {"API_MAX_BODY_BYTES": "lots"},
     "SECRET_KEY": {"SECRET_KEY": None, "DEBUG": "false"},
+    "NOTIFICATION_ALLOW_PRIVATE_URLS": {"NOTIFICATION_ALLOW_PRIVATE_URLS": "sometimes"},
+    "NOTIFICATION_HISTORY_DAYS": {"NOTIFICATION_HISTORY_DAYS": "0"},
+    "REPRICE_HISTORY_DAYS": {"REPRICE_HISTORY_DAYS": "a while"},
 }
+DEFAULTS = ("NOTIFICATION_ALLOW_PRIVATE_URLS", "NOTIFICATION_HISTORY_DAYS", "REPRICE_HISTORY_DAYS")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +84,8 @@ def startups(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     var_dir = tmp_path_factory.mktemp("startup")
     cases = {name: (["-c", SETUP], child_env(var_dir, **env)) for name, env in MALFORMED.items()}
     cases["valid"] = (["-c", SETUP], child_env(var_dir))
+    print_defaults = f"; from django.conf import settings; print([getattr(settings, name) for name in {DEFAULTS}])"
+    cases["defaults"] = (["-c", SETUP + print_defaults], child_env(var_dir))
     cases["deploy-check"] = (
         ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         child_env(var_dir, DEBUG="false", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="example.com"),
@@ -100,6 +107,12 @@ def test_it_refuses_to_start_with_a_malformed_variable_and_names_it(startups, ca
     assert result.returncode != 0, f"started with {MALFORMED[case]}"
     message = error_message(result.stderr)
     assert variable in message, f"the error does not name {variable}:\n{message}"
+
+
+def test_channel_urls_must_be_public_and_history_is_kept_90_days_by_default(startups):
+    result = startups["defaults"]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[False, 90, 90]"
 
 
 def test_it_passes_the_deployment_checks_in_production_configuration(startups):

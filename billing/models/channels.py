@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import models
 from django.utils import timezone
 
+from billing.safe_http import HTTP_URL, url_validate
+
 EVENT_TYPES = ("budget.threshold", "budget.forecast", "spend.anomaly")
-HTTP_URL = URLValidator(schemes=["http", "https"], message="Give an http:// or https:// URL.")
 
 
 class NotificationChannel(models.Model):
@@ -69,6 +69,8 @@ class NotificationChannel(models.Model):
                 raise ValidationError({"emails": "An email channel needs at least one address."})
         elif not self.url:
             raise ValidationError({"url": "Give the http(s) URL to post to."})
+        else:
+            url_validate(self.url)  # a host that is or resolves to a private address is refused
         unknown = set(self.event_types or []) - set(EVENT_TYPES)
         if unknown:
             raise ValidationError({"event_types": f"Unknown event types: {', '.join(sorted(unknown))}."})
