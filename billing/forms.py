@@ -12,7 +12,7 @@ from django.core.validators import validate_email
 
 from teams.access import AccessScope
 from teams.forms import TeamChoiceField
-from teams.models import Team
+from teams.models import ApiToken, Team
 
 from .models import Budget, default_thresholds
 
@@ -38,6 +38,17 @@ def email_list(raw: str) -> list[str]:
     return list(dict.fromkeys(emails))
 
 
+def token_label(token: ApiToken) -> str:
+    """A token by its name and lookup prefix (the only part of it ever shown; the secret is not kept)."""
+    label = f"{token.name} ({token.display_prefix}…)" if token.name else f"{token.display_prefix}…"
+    return f"{label}, revoked" if token.revoked_at is not None else label
+
+
+class TokenChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: ApiToken) -> str:
+        return token_label(obj)
+
+
 class BudgetForm(forms.Form):
     name = forms.CharField(max_length=200, required=False, help_text="Shown in alerts, e.g. “Chatbot monthly”.")
     team = TeamChoiceField(
@@ -47,6 +58,15 @@ class BudgetForm(forms.Form):
     user_id = forms.CharField(
         max_length=255, required=False, label="User ID",
         help_text="Limit one user within the team: the user_id your events carry.",
+    )
+    end_user = forms.CharField(
+        max_length=255, required=False, label="End user",
+        help_text="Limit one end user (a customer of your product): the end_user your events and reservations "
+                  "carry; within the team if one is picked.",
+    )
+    token = TokenChoiceField(
+        queryset=ApiToken.objects.none(), required=False, label="API token", empty_label="Any token",
+        help_text="Limit every call sent with this API token; within the team if one is picked.",
     )
     amount_usd = forms.DecimalField(
         label="Limit (USD)", max_digits=18, decimal_places=6,
@@ -67,10 +87,17 @@ class BudgetForm(forms.Form):
         label="Hard limit", required=False,
         help_text="Once reached, budget checks answer “not allowed” (events are still recorded).",
     )
+    on_error = forms.ChoiceField(
+        label="When reservations cannot reach the database", choices=Budget.OnError.choices,
+        initial=Budget.OnError.ALLOW,
+        help_text="Matters only for a hard limit, and only for reservations: allow calls, or deny them, "
+                  "while the database cannot be reached.",
+    )
     is_active = forms.BooleanField(label="Active", required=False, initial=True)
 
     field_order = [
-        "team", "user_id", "name", "amount_usd", "period", "is_hard", "thresholds", "extra_emails", "is_active",
+        "team", "user_id", "end_user", "token", "name", "amount_usd", "period", "is_hard", "on_error", "thresholds",
+        "extra_emails", "is_active",
     ]
 
     def __init__(self, scope: AccessScope, *args, instance: Budget | None = None, **kwargs):
@@ -81,6 +108,9 @@ class BudgetForm(forms.Form):
                     "name": instance.name,
                     "team": instance.team_id,
                     "user_id": instance.user_id,
+                    "end_user": instance.end_user,
+                    "token": instance.token_id,
+                    "on_error": instance.on_error,
                     "amount_usd": format(instance.amount_usd.normalize(), "f"),
                     "period": instance.period,
                     "thresholds": ", ".join(str(t) for t in instance.thresholds),
@@ -98,6 +128,12 @@ class BudgetForm(forms.Form):
             team.required = True
             team.empty_label = None
             team.help_text = "You manage only some teams, so budgets are set per team."
+        # The organization's active tokens this manager may see (a manager of some teams: the tokens
+        # pinned to them), and the budget's own token, so editing never drops it silently.
+        tokens = scope.filter(ApiToken.objects.filter(revoked_at__isnull=True))
+        if instance is not None and instance.token_id is not None:
+            tokens = tokens | ApiToken.objects.filter(pk=instance.token_id, organization=scope.organization)
+        cast(TokenChoiceField, self.fields["token"]).queryset = tokens.order_by("name", "lookup")
 
     def clean_amount_usd(self) -> Decimal:
         amount = self.cleaned_data["amount_usd"]
@@ -128,6 +164,16 @@ class BudgetForm(forms.Form):
     def clean_user_id(self) -> str:
         return self.cleaned_data["user_id"].strip()
 
+    def clean_end_user(self) -> str:
+        return self.cleaned_data["end_user"].strip()
+
+    def clean_token(self) -> ApiToken | None:
+        token = self.cleaned_data["token"]
+        # The choices already hold only this organization's tokens; a budget never names another's.
+        if token is not None and token.organization_id != self.scope.organization.pk:
+            raise ValidationError("Select a valid choice. That choice is not one of the available choices.")
+        return token
+
     def clean(self):
         cleaned = super().clean() or {}
         if cleaned.get("user_id") and not cleaned.get("team") and "team" not in self.errors:
@@ -139,5 +185,6 @@ class BudgetForm(forms.Form):
         return {
             "name": data["name"], "team": data["team"], "user_id": data["user_id"] if data["team"] else "",
             "amount_usd": data["amount_usd"], "period": data["period"], "thresholds": data["thresholds"],
-            "extra_emails": data["extra_emails"], "is_hard": data["is_hard"],
+            "extra_emails": data["extra_emails"], "is_hard": data["is_hard"], "end_user": data["end_user"],
+            "token": data["token"], "on_error": data["on_error"],
         }

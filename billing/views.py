@@ -17,7 +17,7 @@ from teams.access import AccessScope
 from teams.models import Organization
 from teams.web import org_page
 
-from .forms import BudgetForm
+from .forms import BudgetForm, token_label
 from .models import Budget, BudgetAlert
 from .overview import budget_rows
 from .services import budget_create
@@ -65,7 +65,7 @@ def team(request, scope, alias: str):
     applies = Q(team=team) | Q(team__isnull=True) if scope.team_ids is None else Q(team=team)
     budgets = list(
         Budget.objects.filter(applies, organization=organization, is_active=True)
-        .select_related("organization", "team")
+        .select_related("organization", "team", "token")
         .order_by(F("team_id").asc(nulls_first=True), "user_id", "period", "id")
     )
     month = EventFilter(start=start, end=now, team_alias=team.alias)
@@ -74,7 +74,7 @@ def team(request, scope, alias: str):
     )
     alerts = (
         BudgetAlert.objects.filter(alert_applies, budget__organization=organization)
-        .select_related("budget__team")
+        .select_related("budget__team", "budget__token")
         .order_by("-created_at", "-id")[:50]
     )
     month_spend = spend_by_team(scope, month).get(team.pk, {})
@@ -95,20 +95,28 @@ def team(request, scope, alias: str):
 
 def _budgets(scope: AccessScope):
     """The budgets this manager sees: the organization's (whole-org ones only with every team in view)."""
-    return scope.filter(Budget.objects.select_related("organization", "team"))
+    return scope.filter(Budget.objects.select_related("organization", "team", "token"))
 
 
 def _label(budget: Budget) -> str:
-    return budget.name or (
-        "Organization" if budget.team is None
-        else f"{budget.team.alias} · {budget.user_id}" if budget.user_id else budget.team.alias
-    )
+    """The budget's name, or what it limits (the scope badge's words, as plain text)."""
+    if budget.name:
+        return budget.name
+    parts = [budget.team.alias] if budget.team is not None else []
+    if budget.user_id:
+        parts.append(budget.user_id)
+    if budget.end_user:
+        parts.append(f"end user {budget.end_user}")
+    if budget.token is not None:
+        parts.append(f"token {token_label(budget.token)}")
+    return " · ".join(parts) if parts else "Organization"
 
 
 @org_page(manage=True)
 def budgets(request, scope):
     ordered = _budgets(scope).order_by(
-        F("team__alias").asc(nulls_first=True), "user_id", "period", "id"
+        F("team__alias").asc(nulls_first=True), "user_id", "end_user", F("token__name").asc(nulls_first=True),
+        "period", "id",
     )
     rows = budget_rows(list(ordered))
     context = {

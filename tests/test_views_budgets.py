@@ -13,7 +13,7 @@ from billing.overview import budget_rows
 from billing.selectors import budget_status
 from billing.services import budget_create
 from metrics.rollups import dirty_rollups_refresh
-from teams.services import member_add, team_create
+from teams.services import member_add, team_create, token_revoke
 from tests.budget_support import costing, ingest, private_cache
 from tests.web_support import client_for, counting, page_settings, users_by_role
 
@@ -54,14 +54,15 @@ def delete_url(budget: Budget, org: str = "acme") -> str:
 
 def snapshot() -> list[tuple]:
     return list(Budget.objects.order_by("pk").values_list(
-        "pk", "organization_id", "team_id", "user_id", "name", "amount_usd", "period", "thresholds", "is_hard",
-        "extra_emails", "is_active",
+        "pk", "organization_id", "team_id", "user_id", "end_user", "token_id", "name", "amount_usd", "period",
+        "thresholds", "is_hard", "on_error", "extra_emails", "is_active",
     ))
 
 
 def form(**overrides) -> dict:
-    data = {"name": "", "team": "", "user_id": "", "amount_usd": "25", "period": "monthly",
-            "thresholds": "50, 80, 100", "extra_emails": "", "is_active": "on"}
+    data = {"name": "", "team": "", "user_id": "", "end_user": "", "token": "", "amount_usd": "25",
+            "period": "monthly", "on_error": "allow", "thresholds": "50, 80, 100", "extra_emails": "",
+            "is_active": "on"}
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}
 
@@ -228,6 +229,11 @@ def test_it_prefills_the_team_from_the_team_page_link(world):
         ({"user_id": "alice"}, "user_id", "needs a team"),
         ({"period": "yearly"}, "period", "valid choice"),
         ({"team": "999999"}, "team", "valid choice"),
+        ({"end_user": "c" * 256}, "end_user", "at most 255 characters"),
+        ({"token": "999999"}, "token", "valid choice"),
+        ({"token": "lc_abc"}, "token", "valid choice"),
+        ({"on_error": "maybe"}, "on_error", "valid choice"),
+        ({"on_error": ""}, "on_error", "required"),
     ],
 )
 def test_it_shows_validation_errors_next_to_their_fields(world, overrides, field, message):
@@ -311,3 +317,144 @@ def test_it_limits_an_admin_who_sees_some_teams_to_budgets_of_those_teams(world,
     client.post(NEW, form(name="mine", team=world.search.pk))
     assert Budget.objects.get(name="mine").team == world.search
     assert client.post(delete_url(search_budget)).status_code == 302
+
+
+# --- end user and token budgets -------------------------------------------------------------------
+
+
+def row_of(body: str, marker: str) -> str:
+    """The one table row (or budget card) of a page that contains `marker`."""
+    rows = [row for row in re.split(r"<tr|<article", body) if marker in row]
+    assert len(rows) == 1, (marker, len(rows))
+    return rows[0]
+
+
+def test_it_creates_end_user_and_token_budgets_and_lists_them_with_their_spend(world):
+    client = client_for(world.owner)
+    token = world.tokens["ingest"]
+    assert client.post(NEW, form(end_user=" customer-7 ", amount_usd="10")).status_code == 302
+    assert client.post(NEW, form(token=token.pk, amount_usd="20", is_hard="on", on_error="deny")).status_code == 302
+    end_user_budget, token_budget = Budget.objects.filter(organization=world.acme).order_by("pk")
+    assert (end_user_budget.end_user, end_user_budget.token, end_user_budget.team) == ("customer-7", None, None)
+    assert end_user_budget.on_error == "allow"
+    assert (token_budget.token, token_budget.end_user, token_budget.team) == (token, "", None)
+    assert token_budget.is_hard and token_budget.on_error == "deny"
+
+    ingest(world.ingest, costing("0.5", end_user="customer-7"), costing("0.25", end_user="customer-8"))
+    ingest(world.both, costing("1.25", end_user="customer-7"), costing("4"))
+    body = client.get(LIST).content.decode()
+    end_user_row = row_of(body, 'class="badge end-user"')
+    assert "end user</span>" in end_user_row and "customer-7" in end_user_row
+    assert "organization</span>" not in end_user_row
+    assert "$1.75" in end_user_row and "$10.00" in end_user_row  # customer-7's spend, with either token
+    token_row = row_of(body, 'class="badge token"')
+    assert f"ingest <code class=\"nowrap\">{token.display_prefix}…</code>" in token_row
+    assert "organization</span>" not in token_row
+    assert "$0.75" in token_row and "$20.00" in token_row  # everything sent with the ingest token
+    assert world.ingest not in body and world.ingest.split("_", 2)[2] not in body  # never the secret
+
+
+def test_it_names_end_user_and_token_budgets_of_a_team_on_the_team_page(world):
+    budget_create(organization=world.acme, team=world.chatbot, end_user="customer-7", amount_usd=Decimal(4),
+                  period="monthly")
+    budget_create(organization=world.acme, team=world.chatbot, token=world.tokens["pinned"], amount_usd=Decimal(8),
+                  period="monthly")
+    ingest(world.pinned, costing("0.5", end_user="customer-7"), costing("1"))
+    ingest(world.ingest, costing("2", team_alias="chatbot", end_user="customer-7"),
+           costing("16", team_alias="search", end_user="customer-7"))
+    body = client_for(world.member).get("/o/acme/teams/chatbot/").content.decode()
+    end_user_card = row_of(body, 'class="badge end-user"')
+    assert "customer-7</span> · team chatbot" in end_user_card
+    assert "$2.50" in end_user_card and "$4.00" in end_user_card  # customer-7 within chatbot only
+    token_card = row_of(body, 'class="badge token"')
+    assert f"pinned <code class=\"nowrap\">{world.tokens['pinned'].display_prefix}…</code> · team chatbot" in token_card
+    assert "$1.50" in token_card and "$8.00" in token_card
+
+
+@pytest.mark.parametrize(("role", "status"), [("member", 403), ("viewer", 403), ("outsider", 404)])
+def test_it_lets_only_managers_create_end_user_and_token_budgets(world, users, role, status):
+    data = form(end_user="customer-7", token=world.tokens["both"].pk, on_error="deny")
+    assert client_for(users[role]).post(NEW, data).status_code == status
+    assert not Budget.objects.exists()
+    assert client_for(world.owner).post(NEW, data).status_code == 302
+    budget = Budget.objects.get()
+    assert (budget.end_user, budget.token, budget.on_error) == ("customer-7", world.tokens["both"], "deny")
+
+
+def test_it_offers_only_the_organizations_active_tokens_by_name_and_prefix(world):
+    token_revoke(token=world.tokens["read"])
+    body = client_for(world.owner).get(NEW).content.decode()
+    token_select = re.search(r'<select[^>]*id="id_token".*?</select>', body, re.S).group(0)
+    for name in ("ingest", "both", "pinned"):
+        token = world.tokens[name]
+        assert f'<option value="{token.pk}">{name} ({token.display_prefix}…)</option>' in token_select
+    assert f'value="{world.tokens["read"].pk}"' not in token_select  # revoked
+    assert f'value="{world.tokens["globex_token"].pk}"' not in token_select
+    for raw in (world.ingest, world.both, world.pinned, world.read):
+        assert raw.split("_", 2)[2] not in body
+
+
+@pytest.mark.parametrize("name", ["globex_token", "read"])
+def test_it_refuses_a_token_of_another_organization_or_a_revoked_one(world, name):
+    token_revoke(token=world.tokens["read"])
+    before = snapshot()
+    response = client_for(world.owner).post(NEW, form(token=world.tokens[name].pk))
+    assert response.status_code == 200
+    assert "valid choice" in response.content.decode().split('id="id_token_error">')[1].split("</p>")[0]
+    assert snapshot() == before
+
+
+def test_it_edits_end_user_token_and_on_error(world):
+    budget = budget_create(organization=world.acme, end_user="customer-7", token=world.tokens["both"],
+                           amount_usd=Decimal(5), period="daily", is_hard=True, on_error="deny")
+    client = client_for(world.owner)
+    body = client.get(edit_url(budget)).content.decode()
+    assert re.search(r'<input[^>]*name="end_user"[^>]*value="customer-7"', body)
+    assert f'<option value="{world.tokens["both"].pk}" selected>' in body
+    assert '<option value="deny" selected>' in body
+    data = {"end_user": "customer-7", "token": world.tokens["both"].pk, "period": "daily", "is_hard": "on"}
+    assert client.post(edit_url(budget), form(**data, amount_usd="6", on_error="deny")).status_code == 302
+    budget.refresh_from_db()
+    assert (budget.amount_usd, budget.on_error, budget.end_user, budget.token) == (
+        Decimal(6), "deny", "customer-7", world.tokens["both"])
+    data.update(end_user="customer-8", token=world.tokens["ingest"].pk)
+    assert client.post(edit_url(budget), form(**data, on_error="allow")).status_code == 302
+    budget.refresh_from_db()
+    assert (budget.on_error, budget.end_user, budget.token) == ("allow", "customer-8", world.tokens["ingest"])
+    assert client.post(edit_url(budget), form(end_user="", token="")).status_code == 302
+    budget.refresh_from_db()
+    assert (budget.end_user, budget.token, budget.scope) == ("", None, "organization")
+
+
+def test_it_keeps_a_budgets_revoked_token_when_editing_it(world):
+    budget = budget_create(organization=world.acme, token=world.tokens["both"], amount_usd=Decimal(5),
+                           period="daily")
+    token = world.tokens["both"]
+    token_revoke(token=token)
+    client = client_for(world.owner)
+    body = client.get(edit_url(budget)).content.decode()
+    assert f'<option value="{token.pk}" selected>both ({token.display_prefix}…), revoked' in body
+    assert client.post(edit_url(budget), form(token=token.pk, amount_usd="7")).status_code == 302
+    budget.refresh_from_db()
+    assert budget.token == token and budget.amount_usd == Decimal(7)
+    assert "revoked</span>" in row_of(client.get(LIST).content.decode(), 'class="badge token"')
+    assert client.post(NEW, form(token=token.pk)).status_code == 200  # not for a new budget
+
+
+def test_it_limits_an_admin_who_sees_some_teams_to_end_user_and_token_budgets_of_those_teams(world):
+    limited = member_add(organization=world.acme, email="lim@acme.test", role="admin", teams=[world.chatbot]).user
+    client = client_for(limited)
+    body = client.get(NEW).content.decode()
+    assert f'value="{world.tokens["pinned"].pk}"' in body  # pinned to chatbot
+    assert f'value="{world.tokens["ingest"].pk}"' not in body  # every team's: not theirs to limit
+    before = snapshot()
+    response = client.post(NEW, form(end_user="customer-7")).content.decode()
+    assert "This field is required" in response.split('id="id_team_error">')[1]  # no organization-wide budget
+    response = client.post(NEW, form(team=world.chatbot.pk, token=world.tokens["ingest"].pk)).content.decode()
+    assert "valid choice" in response.split('id="id_token_error">')[1]
+    assert client.post(NEW, form(team=world.search.pk, end_user="customer-7")).status_code == 200
+    assert snapshot() == before
+    assert client.post(NEW, form(team=world.chatbot.pk, end_user="customer-7", token=world.tokens["pinned"].pk,
+                                 name="mine")).status_code == 302
+    mine = Budget.objects.get(name="mine")
+    assert (mine.team, mine.end_user, mine.token) == (world.chatbot, "customer-7", world.tokens["pinned"])
