@@ -118,8 +118,10 @@ def _settled_spend(budget: Budget, start: datetime, end: datetime) -> tuple[Deci
     return spend, read_at
 
 
-def _budgets_key(organization_id: int, team_id, user_id, end_user, token_id) -> str:
-    raw = f"{team_id}|{user_id}|{end_user}|{token_id}"
+def _budgets_key(organization_id: int, team_alias, user_id, end_user, token_id) -> str:
+    # By the alias the gateway names (not the team's id), so that an answer given while the
+    # database is away, when no team can be looked up, finds the same entry.
+    raw = f"{team_alias}|{user_id}|{end_user}|{token_id}"
     return f"reserve-budgets:{organization_id}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
 
 
@@ -146,16 +148,19 @@ def reservation_reserve(
     token: ApiToken,
     team: Team | None,
     amount: Decimal,
+    team_alias: str | None = None,
     user_id: str | None = None,
     end_user: str | None = None,
     request_id: str | None = None,
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: datetime | None = None,
 ) -> dict:
-    """Hold `amount` on every budget that applies, if every hard one has room; the answer a gateway gets."""
+    """Hold `amount` on every budget that applies, if every hard one has room; the answer a gateway gets.
+
+    `team_alias` is the alias the gateway named (or its pinned token's); `team` that team, if it exists."""
     now = now or datetime.now(UTC)
     organization = token.organization
-    key = _budgets_key(organization.pk, team.pk if team else None, user_id, end_user, token.pk)
+    key = _budgets_key(organization.pk, team_alias or (team.alias if team else None), user_id, end_user, token.pk)
     try:
         budgets = _applicable(key, now, organization=organization, team=team, user_id=user_id, end_user=end_user,
                               token_id=token.pk)  # fmt: skip
@@ -166,6 +171,16 @@ def reservation_reserve(
     except DatabaseError as error:
         degraded("database", "budget reserve", error)
         return _degraded_answer(key, now)
+
+
+def reservation_unavailable(
+    *, token: ApiToken, team_alias: str | None, user_id: str | None = None, end_user: str | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """The answer while the database is away (the token was recognised from memory: see
+    billing.api.ReserveAuthentication): no hold can be taken, each budget's `on_error` decides."""
+    key = _budgets_key(token.organization_id, team_alias, user_id, end_user, token.pk)
+    return _degraded_answer(key, now or datetime.now(UTC))
 
 
 def _degraded_answer(budgets_key: str, now: datetime) -> dict:

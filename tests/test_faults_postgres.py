@@ -133,3 +133,52 @@ def test_ingest_answers_503_while_postgres_is_down_and_the_sdk_loses_nothing(pri
         assert 1 <= len(warnings) <= 3, "logged, but not once per request:\n" + "\n".join(warnings)
         assert "Traceback" not in server.log(), "an outage is not logged as an error per request"
         http.close()
+
+
+def test_reserve_answers_as_each_budget_says_while_postgres_is_down(private_postgres):
+    """A gateway that reserved before the outage gets its budgets' `on_error` answer, degraded,
+    never a 500 or a hold; a token never seen gets 503; afterwards reservations work again."""
+    pg, token = private_postgres
+    env = {**os.environ, "DATABASE_URL": pg.url(), "REDIS_URL": "", "CELERY_BROKER_URL": "memory://"}
+    manage(env, "create_team", "acme", "chatbot")
+    manage(env, "create_team", "acme", "search")
+    manage(env, "create_budget", "acme", "--team", "chatbot", "--amount", "1", "--period", "monthly", "--hard", "--on-error", "deny",
+           "--name", "chatbot-deny")  # fmt: skip
+    manage(env, "create_budget", "acme", "--team", "search", "--amount", "1", "--period", "monthly", "--hard",
+           "--name", "search-allow")
+    stranger = manage(env, "create_token", "acme", "--scopes", "ingest").strip().splitlines()[-1]
+    server_env = {"DATABASE_URL": pg.url(), "REDIS_URL": "", "CELERY_BROKER_URL": "memory://"}
+    with LiveServer(extra_env=server_env) as server:
+        http = httpx.Client(base_url=server.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+        def reserve(alias: str, bearer: str = token) -> httpx.Response:
+            return http.post("/api/v1/budget/reserve", json={"team_alias": alias, "amount": "0.10"},
+                             headers={"Authorization": f"Bearer {bearer}"})  # fmt: skip
+
+        for alias in ("chatbot", "search"):
+            answer = reserve(alias).json()
+            assert answer["allowed"] is True and answer["degraded"] is False and answer["reservation_id"]
+
+        pg.stop("fast")
+        denied, allowed = reserve("chatbot"), reserve("search")
+        assert denied.status_code == allowed.status_code == 200, denied.text
+        assert denied.json()["degraded"] is True and denied.json()["allowed"] is False
+        assert denied.json()["reservation_id"] is None
+        assert [b["name"] for b in denied.json()["budgets"]] == ["chatbot-deny"]
+        assert allowed.json()["degraded"] is True and allowed.json()["allowed"] is True
+        unseen = reserve("never-reserved")  # no budgets known for it: the default, allow
+        assert unseen.status_code == 200 and unseen.json() == {
+            "allowed": True, "degraded": True, "reservation_id": None, "expires_at": None, "budgets": [],
+        }  # fmt: skip
+        assert_unavailable(reserve("chatbot", bearer=stranger))  # never recognised: nothing to answer for
+        assert " 500 " not in "\n".join(line for line in server.log().splitlines() if line.startswith("ACCESS"))
+
+        pg.start()
+        wait_until(lambda: httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200,
+                   what="readyz to answer 200 once PostgreSQL is back")
+        answer = reserve("chatbot").json()
+        assert answer["degraded"] is False and answer["allowed"] is True
+        with psycopg2.connect(pg.url()) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM billing_reservation")
+            assert cursor.fetchone()[0] == 3, "no hold was taken while the database was away"
+        http.close()
