@@ -32,6 +32,7 @@ class BrokenServer:
     def __init__(self) -> None:
         self.poison: set[str] = set()
         self.fail_all = False
+        self.recover_after: int | None = None  # fail_all ends once this many requests were answered
         self.stored: Counter[str] = Counter()  # request or batch id -> times stored
         self.answers: list[tuple[str, int, int]] = []  # (path, records in the request, status)
         self.lock = threading.Lock()
@@ -39,7 +40,8 @@ class BrokenServer:
         self._server.daemon_threads = True
         self._server.broken = self  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="broken-server", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="broken-server", daemon=True)
 
     def answer(self, path: str, body) -> tuple[int, dict]:
         if path == "/api/v1/events":
@@ -51,6 +53,8 @@ class BrokenServer:
         with self.lock:
             failing = self.fail_all or bool(self.poison.intersection(ids))
             self.answers.append((path, len(ids), 500 if failing else 200))
+            if self.recover_after is not None and len(self.answers) >= self.recover_after:
+                self.fail_all = False
             if failing:
                 return 500, {"status": "error", "message": "Internal server error."}
             duplicate = [self.stored[i] > 0 for i in ids]
@@ -164,6 +168,26 @@ def test_a_server_that_fails_on_everything_loses_nothing(broken):
         broken.fail_all = False  # fixed: everything arrives, once
         assert client.flush(timeout=10) is True
         assert broken.stored == Counter(request_ids)
+        assert client.stats.sent == 16 and client.stats.dropped == 0
+    finally:
+        client.close(timeout=2)
+
+
+# The first two rounds against a server failing on everything: 14 requests (the batch of 16 with its
+# retries, halves down to the first event, its retries, the rest kept), then 10 more (the first
+# event set aside, the second searched down to and given its retries). Recovering after any of them,
+# in particular just after a lone event's last failed retry, the server must get every event once.
+@pytest.mark.parametrize("recover_after", range(1, 25))
+def test_a_server_that_recovers_after_any_answer_loses_nothing(broken, recover_after):
+    broken.fail_all = True
+    broken.recover_after = recover_after
+    request_ids = ids("recover", 16)
+    client = SyncMetricsClient(base_url=broken.url, api_key="lc_test", batch_size=16, **QUICK)
+    try:
+        for request_id in request_ids:
+            client.track_request(**CALL, request_id=request_id)
+        assert client.flush(timeout=10) is True
+        assert broken.stored == Counter(request_ids), broken.answers
         assert client.stats.sent == 16 and client.stats.dropped == 0
     finally:
         client.close(timeout=2)

@@ -11,11 +11,14 @@ One record the server fails on (HTTP 500 and the like, not 502/503/504: those an
 errors mean the server is away, and never cost a record) must not stop the records behind it. A
 batch still answered so after its retries is split in halves, each tried once and split again
 while it fails, down to single events, each then given its retries. An event that still fails is
-a suspect: it is dropped (counted in `stats.failures`, logged with its request id) only once the
-server has shown it stores other records — another part of the same batch, or any record since
-the suspect first failed. Until then it stays at the head of the queue, and what waits behind a
-suspect is sent first. So a poison record is dropped and the queue moves on, while a server that
-fails on everything loses nothing.
+a suspect: it is dropped (counted in `stats.failures`, logged with its request id) only when it
+fails after the server has shown it stores other records — another part of the same batch stored
+before it failed, or any record stored since the suspect first failed. Evidence that comes after
+the failure proves nothing (a server failing on everything may recover between the two), so a
+suspect that failed before the server stored the rest of its round is tried once more at the end
+of the round, and dropped only if it fails again. Until then it stays at the head of the queue, and
+what waits behind a suspect is sent first. So a poison record is dropped and the queue moves on,
+while a server that fails on everything, and recovers at any moment, loses nothing.
 
 After `os.fork()` (gunicorn's pre-fork workers, multiprocessing) the child starts with an empty
 queue and no thread; its thread starts on its first track call. Queued events are the parent's
@@ -47,6 +50,7 @@ GIVE_UP_GRACE = 1.0  # seconds close() still waits for the sender after its time
 MAX_LOST_DETAILS = 1000  # strict mode keeps this many lost records' details for its exception
 # 5xx answers that say the server (or the proxy before it) is away, not that it failed on the records.
 SERVER_AWAY_STATUSES = (502, 503, 504)
+DROPPED_SUSPECT = "dropped: the server fails on this record while it stores others"
 
 
 def failed_on_the_records(reply: Reply) -> bool:
@@ -60,7 +64,8 @@ class Item:
     payload: dict[str, Any]
     seq: int = 0
     queued_at: float = 0.0
-    # Set when the server failed on this record alone: how many records it had stored by then.
+    # Set when the server failed on this record alone and it was kept: how many records the server
+    # had stored by the end of that round.
     suspect_since: int | None = None
 
     @property
@@ -78,13 +83,21 @@ class Lost:
 
 @dataclass
 class Outcome:
+    stored_before: int = 0  # records the server had stored before this round (the sender's count)
     sent: int = 0
     duplicates: int = 0
     rejected: list[tuple[Item, Lost]] = field(default_factory=list)
     abandoned: list[tuple[Item, Lost]] = field(default_factory=list)  # maybe recorded, not safe to repeat
     retry: list[Item] = field(default_factory=list)
     failure: str | None = None
-    suspects: list[tuple[Item, Lost]] = field(default_factory=list)  # failed alone with a 5xx, after retries
+    # Failed alone with a 5xx, after retries, before the server was seen storing others; with the
+    # records this round had stored when it failed.
+    suspects: list[tuple[Item, Lost, int]] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        """Records the server stored (or already had) in this round so far."""
+        return self.sent + self.duplicates
 
 
 class BackgroundSender:
@@ -255,11 +268,12 @@ class BackgroundSender:
                 if batch is None:
                     return
                 self._in_flight = batch
+                stored_before = self._stored
             try:
-                outcome = self._deliver(batch, deadline)
+                outcome = self._deliver(batch, deadline, stored_before)
             except Exception as exc:  # a bug here must not kill the sender and strand the queue
                 logger.exception("metrics_client: sending failed unexpectedly")
-                outcome = Outcome(retry=list(batch), failure=f"{type(exc).__name__}: {exc}")
+                outcome = Outcome(stored_before, retry=list(batch), failure=f"{type(exc).__name__}: {exc}")
             with self._wakeup:
                 self._in_flight = []
                 self._settle_locked(outcome)
@@ -304,11 +318,12 @@ class BackgroundSender:
         self._queue.extendleft(reversed(suspects))
         return batch
 
-    def _deliver(self, batch: list[Item], deadline: float | None = None) -> Outcome:
+    def _deliver(self, batch: list[Item], deadline: float | None = None, stored_before: int = 0) -> Outcome:
         """Send one batch; with a `deadline` (the inline path's), no try or retry runs past it."""
-        outcome = Outcome()
+        outcome = Outcome(stored_before)
         if batch[0].kind == EVENT:
             self._send_events(batch, outcome, deadline)
+            self._try_suspects_again(outcome, deadline)
             return outcome
         item = batch[0]
         # A batch run is stored once per batch_id; a cache report has no key, so it is repeated
@@ -323,8 +338,7 @@ class BackgroundSender:
             else:
                 outcome.sent += 1
         elif repeatable and failed_on_the_records(reply):
-            outcome.suspects.append((item, Lost(item.label, reply.status, reply.message(), {})))
-            outcome.failure = reply.message()
+            self._failed_alone(item, reply, outcome)
         elif RetryPolicy.may_repeat(reply, repeatable=repeatable):
             outcome.retry.append(item)
             outcome.failure = reply.message()
@@ -371,9 +385,12 @@ class BackgroundSender:
             if not retries:  # one event, so far tried once: give it its retries
                 reply = self._post_events(items, deadline, retries=True)
             if failed_on_the_records(reply):
-                outcome.suspects.append((items[0], Lost(items[0].label, reply.status, reply.message(), {})))
-                outcome.failure = reply.message()
+                self._failed_alone(items[0], reply, outcome)
                 return
+        self._read_events_reply(items, reply, outcome)
+
+    def _read_events_reply(self, items: list[Item], reply: Reply, outcome: Outcome) -> None:
+        """Note in `outcome` what the server's answer to a batch of `items` made of each (not a 500 to search)."""
         if RetryPolicy.may_repeat(reply):
             outcome.retry.extend(items)
             outcome.failure = reply.message()
@@ -405,19 +422,46 @@ class BackgroundSender:
                 lost = Lost(item.label, reply.status, "the server's answer did not mention this event", {})
                 outcome.rejected.append((item, lost))
 
-    def _settle_locked(self, outcome: Outcome) -> None:
-        self._stored += outcome.sent + outcome.duplicates
-        for item, lost in outcome.suspects:
-            # Dropped only when the server stored other records meanwhile: it fails on this one.
-            stored_since = outcome.sent + outcome.duplicates if item.suspect_since is None else (
-                self._stored - item.suspect_since)
-            if stored_since > 0:
-                lost.message = f"{lost.message}; dropped: the server fails on this record while it stores others"
+    def _failed_alone(self, item: Item, reply: Reply, outcome: Outcome) -> None:
+        """`item` was answered a 5xx alone, after its retries: drop it if the server had stored other
+        records before this failure (since the item first failed), else keep it as a suspect."""
+        lost = Lost(item.label, reply.status, reply.message(), {})
+        outcome.failure = reply.message()
+        since = outcome.stored_before if item.suspect_since is None else item.suspect_since
+        if outcome.stored_before + outcome.stored > since:
+            lost.message = f"{lost.message}; {DROPPED_SUSPECT}"
+            outcome.abandoned.append((item, lost))
+        else:
+            outcome.suspects.append((item, lost, outcome.stored))
+
+    def _try_suspects_again(self, outcome: Outcome, deadline: float | None) -> None:
+        """Once more, a suspect the server failed on before it stored other records of this round.
+
+        The records stored after the failure do not show that the server fails on this one: it may
+        have been failing on everything and recovered in between. Tried once now that it stores
+        others, a suspect that fails again is dropped; one that is stored was never poison.
+        """
+        kept = []
+        for item, lost, stored_then in outcome.suspects:
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if outcome.stored == stored_then or out_of_time or self._give_up.is_set() or self._closed:
+                kept.append((item, lost, stored_then))
+                continue
+            reply = self._post_events([item], deadline, retries=False)
+            if failed_on_the_records(reply):
+                lost = Lost(item.label, reply.status, f"{reply.message()}; {DROPPED_SUSPECT}", {})
                 outcome.abandoned.append((item, lost))
             else:
-                if item.suspect_since is None:
-                    item.suspect_since = self._stored
-                outcome.retry.append(item)
+                self._read_events_reply([item], reply, outcome)
+        outcome.suspects = kept
+
+    def _settle_locked(self, outcome: Outcome) -> None:
+        self._stored += outcome.stored
+        for item, _lost, _stored_then in outcome.suspects:
+            # Kept: the server has not been seen storing other records since this one first failed.
+            if item.suspect_since is None:
+                item.suspect_since = self._stored
+            outcome.retry.append(item)
         outcome.retry.sort(key=lambda item: item.seq)  # the queue stays in order (see _lowest_unsettled)
         self.stats.add(sent=outcome.sent, duplicates=outcome.duplicates, rejected=len(outcome.rejected))
         for item, lost in outcome.rejected:
