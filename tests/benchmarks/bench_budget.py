@@ -188,10 +188,12 @@ def latency_phase(args, server: Server, token: str, *, rate: float | None) -> di
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # Sync workers: a reservation holds its budgets' ledger locks across a few round trips, and a
-    # thread waiting for the GIL in between stretches that for every other gateway (2 × 4 gthread
-    # measured 116 reserves/s closed loop, 4 sync 191/s).
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
+    # Sync workers, as many as cores: a reservation's locked part is one round trip, but a database
+    # backend holding a budget's lock that waits for a core holds up every gateway of that budget, so
+    # more processes than cores cost more than they overlap (2026-12-07, closed loop: 2 sync workers
+    # 462 reserves/s, 3 → 438/s, 6 → 418/s; before the one-round-trip change 2 × 4 gthread measured
+    # 116/s and 4 sync 191/s).
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2: the cores)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker; >1 selects gthread (default 1)")
     parser.add_argument("--worker-class", default=None)
     parser.add_argument("--clients", type=int, default=50, help="latency clients (default 50)")
