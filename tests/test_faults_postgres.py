@@ -142,8 +142,8 @@ def test_reserve_answers_as_each_budget_says_while_postgres_is_down(private_post
     env = {**os.environ, "DATABASE_URL": pg.url(), "REDIS_URL": "", "CELERY_BROKER_URL": "memory://"}
     manage(env, "create_team", "acme", "chatbot")
     manage(env, "create_team", "acme", "search")
-    manage(env, "create_budget", "acme", "--team", "chatbot", "--amount", "1", "--period", "monthly", "--hard", "--on-error", "deny",
-           "--name", "chatbot-deny")  # fmt: skip
+    manage(env, "create_budget", "acme", "--team", "chatbot", "--amount", "1", "--period", "monthly", "--hard",
+           "--on-error", "deny", "--name", "chatbot-deny")  # fmt: skip
     manage(env, "create_budget", "acme", "--team", "search", "--amount", "1", "--period", "monthly", "--hard",
            "--name", "search-allow")
     stranger = manage(env, "create_token", "acme", "--scopes", "ingest").strip().splitlines()[-1]
