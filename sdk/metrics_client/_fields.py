@@ -72,6 +72,22 @@ BATCH_FIELDS: dict[str, str] = {
 }
 BATCH_REQUIRED = ("batch_id", "batch_size")
 
+# Field name -> kind, as POST /api/v1/budget/reserve accepts them.
+RESERVE_FIELDS: dict[str, str] = {
+    "team_alias": "text",
+    "user_id": "text",
+    "end_user": "text",
+    "request_id": "text",
+    "amount": "money",
+    "model": "text",
+    "provider": "text",
+    "prompt_tokens": "integer",
+    "max_output_tokens": "integer",
+    "ttl_seconds": "integer",
+}
+# What prices a reservation when no amount is given; all three, or none.
+RESERVE_PRICED = ("model", "prompt_tokens", "max_output_tokens")
+
 _CHOICES = {"event_status": ("success", "error"), "batch_status": ("success", "error", "partial")}
 
 
@@ -238,6 +254,49 @@ def clean(values: Mapping[str, Any], fields: Mapping[str, str], required: tuple[
         raise MetricsValidationError("Invalid fields; nothing was sent.", errors=errors,
                                      request_ids=[values["request_id"]] if values.get("request_id") else [])
     return cleaned
+
+
+def _reserve_choice_errors(values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """What the server would refuse about the request as a whole: amount xor model + both token counts."""
+    given = {name for name, value in values.items() if value is not None}
+    if "amount" in given:
+        if given.intersection(RESERVE_PRICED):
+            return {"amount": ["give amount, or model + prompt_tokens + max_output_tokens, not both"]}
+        return {}
+    missing = [name for name in RESERVE_PRICED if name not in given]
+    if len(missing) == len(RESERVE_PRICED):
+        return {"amount": ["is required, unless model, prompt_tokens and max_output_tokens are given"]}
+    return {name: ["is required with model, prompt_tokens and max_output_tokens (or give amount)"]
+            for name in missing}
+
+
+def _decimal_text(value: Decimal | int | float) -> str:
+    """A checked amount as the decimal string the server reads exactly (a JSON number may become a float)."""
+    if isinstance(value, float):
+        value = Decimal(repr(value))  # the shortest text that reads back as this float
+    elif not isinstance(value, Decimal):
+        value = Decimal(int(value))
+    return format(value, "f")  # never exponent notation
+
+
+def reserve_payload(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked reservation request, with the request id that makes sending it twice hold once.
+
+    A missing `request_id` is generated: the transport repeats a reserve after a connection error,
+    429 or 5xx, and the server gives a repeated request id its first reservation back.
+    """
+    errors = _reserve_choice_errors(values)
+    try:
+        body = clean(values, RESERVE_FIELDS)
+    except MetricsValidationError as exc:
+        errors.update(exc.errors)  # a field's own problem says more than the combination's
+    if errors:
+        raise MetricsValidationError("Invalid reservation; nothing was sent.", errors=errors,
+                                     request_ids=[values["request_id"]] if values.get("request_id") else [])
+    if "amount" in body:
+        body["amount"] = _decimal_text(body["amount"])
+    body.setdefault("request_id", uuid.uuid4().hex)
+    return body
 
 
 def new_request_id() -> str:

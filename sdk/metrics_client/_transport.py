@@ -34,11 +34,14 @@ BATCH_RUN_PATH = "/api/v1/metrics/batch"
 DASHBOARD_PATH = "/api/v1/dashboard/metrics"
 RECENT_PATH = "/api/v1/requests/recent"
 BUDGET_PATH = "/api/v1/budget/check"
+RESERVE_PATH = "/api/v1/budget/reserve"
+RELEASE_PATH = "/api/v1/budget/release"
 
 MAX_RETRY_AFTER = 300.0  # a server asking for a longer pause is honoured for this long
 
 # Failures after which the request may be repeated: the server either never saw it, or it is safe
-# to repeat because the server de-duplicates it (events carry request ids, batch runs batch ids).
+# to repeat because the server de-duplicates it (events and reservations carry request ids, batch
+# runs batch ids; releasing twice frees one hold).
 RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
 # Failures that prove the request never reached the server: the only ones safe for a record the
 # server cannot de-duplicate (cache reports).

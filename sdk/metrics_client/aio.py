@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
 import httpx
 
-from ._fields import dumps
+from ._fields import dumps, reserve_payload
 from ._sender import BATCH_RUN, CACHE_REPORT, EVENT
 from ._transport import (
     BATCH_RUN_PATH,
@@ -24,6 +27,8 @@ from ._transport import (
     CACHE_PATH,
     DASHBOARD_PATH,
     RECENT_PATH,
+    RELEASE_PATH,
+    RESERVE_PATH,
     TRACK_PATH,
     Reply,
     RetryPolicy,
@@ -32,6 +37,7 @@ from ._transport import (
     reply_from_response,
 )
 from .client import _ClientBase, _dashboard_params, _fields
+from .errors import MetricsClientError
 from .stats import ClientStats
 
 logger = logging.getLogger("metrics_client")
@@ -189,9 +195,51 @@ class AsyncMetricsClient(_ClientBase):
                   "min_cost": min_cost, **_dashboard_params(time_range_hours, team_alias, model_filter, start, end)}
         return self._read_result(RECENT_PATH, await self._async.request("GET", RECENT_PATH, params=params))
 
-    async def check_budget(self, team_alias: str | None = None, *, user_id: str | None = None) -> dict[str, Any]:
-        params = {"team_alias": team_alias, "user_id": user_id}
+    async def check_budget(self, team_alias: str | None = None, *, user_id: str | None = None,
+                           end_user: str | None = None) -> dict[str, Any]:
+        params = {"team_alias": team_alias, "user_id": user_id, "end_user": end_user}
         return self._read_result(BUDGET_PATH, await self._async.request("GET", BUDGET_PATH, params=params))
+
+    async def reserve(
+        self,
+        team_alias: str | None = None,
+        *,
+        amount: Decimal | str | float | None = None,
+        model: str | None = None,
+        prompt_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        provider: str | None = None,
+        user_id: str | None = None,
+        end_user: str | None = None,
+        request_id: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """See SyncMetricsClient.reserve: the answer has the `request_id` to send on the call's event."""
+        body = reserve_payload({name: value for name, value in locals().items() if name != "self"})
+        return self._reserved(body, await self._async.request("POST", RESERVE_PATH, body=body))
+
+    async def release(self, reservation_id: str | uuid.UUID) -> dict[str, Any]:
+        """See SyncMetricsClient.release: an unknown id raises MetricsClientError with status_code 404."""
+        body = self._release_body(reservation_id)
+        return self._read_result(RELEASE_PATH, await self._async.request("POST", RELEASE_PATH, body=body),
+                                 method="POST")
+
+    @asynccontextmanager
+    async def reservation(self, team_alias: str | None = None, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """See SyncMetricsClient.reservation: `async with client.reservation(...) as answer:`."""
+        answer = await self.reserve(team_alias, **options)
+        self._untracked_holds.add(answer["request_id"])
+        try:
+            yield answer
+        except BaseException:  # a cancelled task too: its call will not be tracked
+            if self._hold_left_open(answer):
+                try:
+                    await self.release(answer["reservation_id"])
+                except MetricsClientError as exc:
+                    logger.warning("metrics_client: reservation %s not released: %s", answer["reservation_id"], exc)
+            raise
+        finally:
+            self._untracked_holds.discard(answer["request_id"])
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         return await asyncio.to_thread(self._sender.flush, timeout)

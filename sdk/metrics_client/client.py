@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
-from ._fields import BATCH_FIELDS, BATCH_REQUIRED, CACHE_FIELDS, clean, event_payload, now_utc
+from ._fields import BATCH_FIELDS, BATCH_REQUIRED, CACHE_FIELDS, clean, event_payload, now_utc, reserve_payload
 from ._sender import BATCH_RUN, CACHE_REPORT, EVENT, BackgroundSender, Item
 from ._transport import (
     BATCH_RUN_PATH,
@@ -14,6 +17,8 @@ from ._transport import (
     CACHE_PATH,
     DASHBOARD_PATH,
     RECENT_PATH,
+    RELEASE_PATH,
+    RESERVE_PATH,
     TRACK_PATH,
     Reply,
     RetryPolicy,
@@ -66,6 +71,8 @@ class _ClientBase:
         self._sender = BackgroundSender(self._transport, self.stats, batch_size=batch_size,
                                         flush_interval=flush_interval, max_queue_size=max_queue_size,
                                         strict=strict, shutdown_timeout=shutdown_timeout)
+        # Request ids of the reservations open in `reservation()` blocks whose event is not tracked yet.
+        self._untracked_holds: set[str] = set()
 
     @property
     def base_url(self) -> str:
@@ -86,6 +93,7 @@ class _ClientBase:
         try:
             if kind == EVENT:
                 payload = event_payload(fields)
+                self._untracked_holds.discard(payload["request_id"])  # its event will settle the hold
             else:
                 schema, required = (CACHE_FIELDS, ()) if kind == CACHE_REPORT else (BATCH_FIELDS, BATCH_REQUIRED)
                 payload = clean(fields, schema, required)
@@ -137,11 +145,31 @@ class _ClientBase:
             answer["request_id"] = payload["request_id"]
         return answer
 
-    def _read_result(self, path: str, reply: Reply) -> Any:
-        # Reads raise in every mode: there is no harmless value to hand back instead of data.
+    def _read_result(self, path: str, reply: Reply, *, method: str = "GET", request_ids=()) -> Any:
+        # Reads (and reservations) raise in every mode: there is no harmless value to hand back instead.
         if reply.ok:
             return reply.body
-        raise reply.exception(f"GET {path}")
+        raise reply.exception(f"{method} {path}", request_ids)
+
+    # --- reservations -------------------------------------------------------------------------------
+
+    def _reserved(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        answer = self._read_result(RESERVE_PATH, reply, method="POST", request_ids=[body["request_id"]])
+        return {**answer, "request_id": body["request_id"]}  # the server's answer does not echo it
+
+    @staticmethod
+    def _release_body(reservation_id: Any) -> dict[str, Any]:
+        if reservation_id is None or reservation_id == "":
+            problem = "is required (a refused or degraded reservation has none to release)"
+        elif isinstance(reservation_id, (str, uuid.UUID)):
+            return {"reservation_id": str(reservation_id)}
+        else:
+            problem = "must be a string"
+        raise MetricsValidationError("Invalid release; nothing was sent.", errors={"reservation_id": [problem]})
+
+    def _hold_left_open(self, answer: dict[str, Any]) -> bool:
+        """Whether a `reservation()` block that failed should release: a hold no tracked event will settle."""
+        return bool(answer.get("reservation_id")) and answer["request_id"] in self._untracked_holds
 
 
 def _queued_answer(kind: str, payload: dict[str, Any], note: str = "") -> dict[str, Any]:
@@ -283,10 +311,77 @@ class SyncMetricsClient(_ClientBase):
                   "min_cost": min_cost, **_dashboard_params(time_range_hours, team_alias, model_filter, start, end)}
         return self._read_result(RECENT_PATH, self._transport.request("GET", RECENT_PATH, params=params))
 
-    def check_budget(self, team_alias: str | None = None, *, user_id: str | None = None) -> dict[str, Any]:
-        """Whether the team (and user) may still spend: `{"allowed": bool, "budgets": [...]}`."""
-        params = {"team_alias": team_alias, "user_id": user_id}
+    def check_budget(self, team_alias: str | None = None, *, user_id: str | None = None,
+                     end_user: str | None = None) -> dict[str, Any]:
+        """Whether the team (user, end user, and this token) may still spend: `{"allowed": bool, "budgets": [...]}`.
+
+        Only reads: gateways that must not overshoot a hard budget under concurrency `reserve()`.
+        """
+        params = {"team_alias": team_alias, "user_id": user_id, "end_user": end_user}
         return self._read_result(BUDGET_PATH, self._transport.request("GET", BUDGET_PATH, params=params))
+
+    # --- reservations (a token with the ingest scope) ---------------------------------------------
+
+    def reserve(
+        self,
+        team_alias: str | None = None,
+        *,
+        amount: Decimal | str | float | None = None,
+        model: str | None = None,
+        prompt_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        provider: str | None = None,
+        user_id: str | None = None,
+        end_user: str | None = None,
+        request_id: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Hold budget for one LLM call before making it (POST /api/v1/budget/reserve).
+
+        Give `amount` (USD; a Decimal or numeric string is sent exactly) or `model` +
+        `prompt_tokens` + `max_output_tokens` (priced by the server). Returns the server's answer —
+        `{"allowed", "degraded", "reservation_id", "expires_at", "amount", "budgets": [...]}` — plus
+        the `request_id` the hold is kept under: a missing one is generated, so a retried send never
+        holds twice. Send that request_id on the call's event (`track_request(request_id=...)`): the
+        event settles the hold at its real cost. If the call is not made, `release()` the hold (or
+        it ends at `expires_at`). Raises MetricsValidationError for an invalid argument and
+        MetricsClientError when the server refuses or cannot be reached, in every mode.
+        """
+        body = reserve_payload({name: value for name, value in locals().items() if name != "self"})
+        return self._reserved(body, self._transport.request("POST", RESERVE_PATH, body=body))
+
+    def release(self, reservation_id: str | uuid.UUID) -> dict[str, Any]:
+        """Free a reservation's hold now, the call not being made (POST /api/v1/budget/release).
+
+        Returns `{"reservation_id", "released", "state"}` (`released` is False for a hold already
+        settled, released or expired); an id unknown to the token's organization raises
+        MetricsClientError with status_code 404.
+        """
+        body = self._release_body(reservation_id)
+        return self._read_result(RELEASE_PATH, self._transport.request("POST", RELEASE_PATH, body=body),
+                                 method="POST")
+
+    @contextmanager
+    def reservation(self, team_alias: str | None = None, **options: Any) -> Iterator[dict[str, Any]]:
+        """`reserve()` (same arguments) for a `with` block, which receives the answer.
+
+        If the block raises before an event with the answer's `request_id` was tracked through this
+        client, the hold is released (a failed release is logged; the hold then ends at expires_at).
+        The block must check `answer["allowed"]` itself.
+        """
+        answer = self.reserve(team_alias, **options)
+        self._untracked_holds.add(answer["request_id"])
+        try:
+            yield answer
+        except BaseException:
+            if self._hold_left_open(answer):
+                try:
+                    self.release(answer["reservation_id"])
+                except MetricsClientError as exc:
+                    logger.warning("metrics_client: reservation %s not released: %s", answer["reservation_id"], exc)
+            raise
+        finally:
+            self._untracked_holds.discard(answer["request_id"])
 
     # --- lifecycle --------------------------------------------------------------------------------
 
