@@ -1,25 +1,20 @@
 """The budget check a gateway calls before each LLM call, and reservations (reserve, release)."""
 
-import hashlib
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from django.core.cache import cache
-from django.db import DatabaseError
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from rest_framework import authentication, serializers
+from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.pricing.book import COST_QUANTUM, price_book
 from billing.pricing.calculate import Usage, UsageError, price_event
-from llmcost_project.api_errors import QueryParams, database_unavailable, error_body
-from llmcost_project.degraded import degraded
-from teams.authentication import ApiTokenAuthentication, CanIngest, CanIngestOrRead, TokenUser
-from teams.models import ApiToken, Team
+from llmcost_project.api_errors import QueryParams, error_body
+from teams.authentication import CanIngest, CanIngestOrRead
+from teams.models import Team
 
 from .reservations import (
     DEFAULT_TTL_SECONDS,
@@ -115,45 +110,11 @@ def _estimate(token, data: dict) -> Decimal:
     return priced.cost
 
 
-class ReserveAuthentication(ApiTokenAuthentication):
-    """Token authentication that still recognises, while the database is away, a token that reserved
-    in the last hour, so that its gateway gets the answer its budgets' `on_error` gives rather than
-    a 503. The token (with its organization and team, never its secret) is kept in the cache under
-    a digest of the secret, written at most every few minutes per process. A token revoked during
-    that hour can still get such an answer while the database is away: it takes no hold and stores
-    nothing."""
-
-    REMEMBER_SECONDS = 3600
-    REWRITE_SECONDS = 300
-    _written: dict[str, float] = {}  # per process: when each key was last written
-
-    def authenticate(self, request):
-        raw = authentication.get_authorization_header(request).decode("latin-1").split()[-1:]
-        key = f"reserve-token:{hashlib.sha256(raw[0].encode()).hexdigest()}" if raw else None
-        try:
-            identity = super().authenticate(request)
-        except DatabaseError as error:
-            if key is None or not database_unavailable(error):
-                raise
-            token = cache.get(key)
-            if not isinstance(token, ApiToken):
-                raise
-            degraded("database", "budget reserve", error)
-            request.database_away = True
-            return TokenUser(token), token
-        if identity is not None and key is not None:
-            now = time.monotonic()
-            if now - self._written.get(key, -self.REWRITE_SECONDS) >= self.REWRITE_SECONDS:
-                cache.set(key, identity[1], self.REMEMBER_SECONDS)
-                self._written[key] = now
-        return identity
-
-
 class ReserveView(APIView):
     """Hold an estimate on every budget that applies; allowed only if every hard budget has room."""
 
-    authentication_classes = [ReserveAuthentication]
     permission_classes = [CanIngest]
+    recognises_tokens_while_database_away = True  # see ApiTokenAuthentication
 
     @extend_schema(request=ReserveBody, responses={200: dict}, summary="Reserve budget for one LLM call")
     def post(self, request):

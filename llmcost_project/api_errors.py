@@ -13,12 +13,12 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError as FormValidationError
-from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.views import exception_handler
 
+from .db import database_unavailable
 from .degraded import degraded
 
 
@@ -145,35 +145,6 @@ def _refuse_unbounded(cls: type, fields: Mapping[str, Any]) -> None:
 # --- the database is away: 503 with Retry-After, never a 500 -------------------------------------
 
 DATABASE_RETRY_AFTER_SECONDS = 5
-# SQLSTATE classes that mean the server is unreachable or refusing work for now: connection
-# exception, insufficient resources (too many connections, disk full), operator intervention
-# (shutting down, starting up, a cancelled statement).
-_PG_UNAVAILABLE_CLASSES = ("08", "53", "57")
-# SQLite result codes (and their extended forms) with the same meaning: busy past the timeout,
-# locked, the file cannot be opened or read.
-_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the database cannot be reached now (retry later), not that a query is wrong.
-
-    InterfaceError is a closed or broken connection. An OperationalError counts only for the causes
-    above: SQLite's "integer overflow" or "no such table" are OperationalErrors too, and are bugs.
-    """
-    if isinstance(exc, InterfaceError):
-        return True
-    if not isinstance(exc, OperationalError):
-        return False
-    cause = exc.__cause__
-    if hasattr(cause, "pgcode"):  # psycopg: no SQLSTATE at all means no answer from the server
-        code = getattr(cause, "pgcode", None)
-        return code is None or code[:2] in _PG_UNAVAILABLE_CLASSES
-    name = getattr(cause, "sqlite_errorname", None)
-    if name is not None:
-        return name.startswith(_SQLITE_UNAVAILABLE)
-    return False
-
-
 def database_unavailable_response(request, error: BaseException) -> HttpResponse:
     """503 + Retry-After: the error shape for the APIs, a plain page (no template: templates query the
     database through context processors) elsewhere. Counted and logged (rate-limited)."""

@@ -1,4 +1,4 @@
-"""Database helpers every app shares: sums that cannot overflow.
+"""Database helpers every app shares: sums that cannot overflow, and telling an outage from a bug.
 
 Money is stored as integer 1e-10 USD units (see `billing.pricing.money`) and counts as integers, so their
 sums are exact, but a 64-bit integer holds at most $922 million in those units: one tenant's
@@ -11,7 +11,7 @@ and the same number as decimal text when it does not; Django's integer conversio
 
 from __future__ import annotations
 
-from django.db import models
+from django.db import InterfaceError, OperationalError, models
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
@@ -57,3 +57,32 @@ class Sum(models.Sum):
 def exact_sum_function(connection) -> str:
     """The SQL aggregate `Sum` uses for integer columns, for statements written by hand."""
     return "EXACT_SUM" if connection.vendor == "sqlite" else "SUM"
+
+
+# SQLSTATE classes that mean the server is unreachable or refusing work for now: connection
+# exception, insufficient resources (too many connections, disk full), operator intervention
+# (shutting down, starting up, a cancelled statement).
+_PG_UNAVAILABLE_CLASSES = ("08", "53", "57")
+# SQLite result codes (and their extended forms) with the same meaning: busy past the timeout,
+# locked, the file cannot be opened or read.
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached now (retry later), not that a query is wrong.
+
+    InterfaceError is a closed or broken connection. An OperationalError counts only for the causes
+    above: SQLite's "integer overflow" or "no such table" are OperationalErrors too, and are bugs.
+    """
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    cause = exc.__cause__
+    if hasattr(cause, "pgcode"):  # psycopg: no SQLSTATE at all means no answer from the server
+        code = getattr(cause, "pgcode", None)
+        return code is None or code[:2] in _PG_UNAVAILABLE_CLASSES
+    name = getattr(cause, "sqlite_errorname", None)
+    if name is not None:
+        return name.startswith(_SQLITE_UNAVAILABLE)
+    return False

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .api_errors import database_unavailable, database_unavailable_response
+from .api_errors import database_unavailable_response
+from .db import database_unavailable
 
 
 class DatabaseUnavailableMiddleware:

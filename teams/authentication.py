@@ -3,8 +3,16 @@
 The decisions themselves live in `teams.access`; these classes only adapt them to DRF.
 """
 
+import hashlib
+import time
+
+from django.core.cache import cache
+from django.db import DatabaseError
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions, throttling
+
+from llmcost_project.db import database_unavailable
+from llmcost_project.degraded import degraded
 
 from .access import authenticate_token, scope_for_token
 from .models import ApiToken
@@ -22,7 +30,18 @@ class TokenUser:
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
+    """Bearer tokens. A view with `recognises_tokens_while_database_away` (the budget reserve API,
+    whose gateways need an answer even then) also recognises, while the database is away, a token
+    it authenticated in the last hour, and marks the request `database_away`. Such tokens are kept
+    in the cache (with their organization and team, never their secret) under a digest of the
+    secret, written at most every few minutes per process. A token revoked within that hour can
+    still be recognised while the database is away; what such a view answers then takes no hold
+    and stores nothing."""
+
     keyword = "Bearer"
+    REMEMBER_SECONDS = 3600
+    REWRITE_SECONDS = 300
+    _written: dict[str, float] = {}  # per process: when each remembered token was last written
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode("latin-1")
@@ -31,10 +50,31 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         parts = header.split()
         if len(parts) != 2 or parts[0].lower() != self.keyword.lower():
             raise exceptions.AuthenticationFailed("Send the token as 'Authorization: Bearer <token>'.")
-        token = authenticate_token(parts[1])
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        if getattr(view, "recognises_tokens_while_database_away", False):
+            token = self._authenticate_or_recall(request, parts[1])
+        else:
+            token = authenticate_token(parts[1])
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         return TokenUser(token), token
+
+    def _authenticate_or_recall(self, request, raw: str) -> ApiToken | None:
+        key = f"known-token:{hashlib.sha256(raw.encode()).hexdigest()}"
+        try:
+            token = authenticate_token(raw)
+        except DatabaseError as error:
+            remembered = cache.get(key) if database_unavailable(error) else None
+            if not isinstance(remembered, ApiToken):
+                raise
+            degraded("database", "token recognised from the cache", error)
+            request.database_away = True
+            return remembered
+        now = time.monotonic()
+        if token is not None and now - self._written.get(key, -self.REWRITE_SECONDS) >= self.REWRITE_SECONDS:
+            cache.set(key, token, self.REMEMBER_SECONDS)
+            self._written[key] = now
+        return token
 
     def authenticate_header(self, request) -> str:
         return self.keyword

@@ -17,8 +17,8 @@ import pytest
 from django.db import InterfaceError, OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmcost_project.api_errors import database_unavailable
 from llmcost_project.cache import FailOpenRedisCache
+from llmcost_project.db import database_unavailable
 from metrics.models import UsageEvent
 from tests.budget_support import fast_passwords
 from tests.conftest import api, event
