@@ -9,11 +9,10 @@ import json
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.select import Select
 
 from tests.http_receiver import http_receiver
-from tests.test_browser import browser, driver, loaded, log_in, screenshot, wait  # noqa: F401 -- browser fixtures
+from tests.test_browser import browser, driver, loaded, log_in, replaced, screenshot, wait  # noqa: F401 -- fixtures
 from tests.web_support import make_admin
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -27,7 +26,7 @@ def add_channel(page, kind: str, name: str, url: str, team: str | None = None) -
         page.find_element(By.XPATH, f"//input[@name='teams']/parent::label[contains(., '{team}')]/input").click()
     old = page.find_element(By.TAG_NAME, "html")
     page.find_element(By.XPATH, "//button[normalize-space(.)='Add channel']").click()
-    wait(page, ec.staleness_of(old))
+    wait(page, replaced(old))
     wait(page, loaded)
 
 
@@ -35,7 +34,7 @@ def press(page, row_name: str, button: str) -> None:
     row = page.find_element(By.XPATH, f"//tr[td[normalize-space(.)='{row_name}']]")
     old = page.find_element(By.TAG_NAME, "html")
     row.find_element(By.XPATH, f".//button[normalize-space(.)='{button}']").click()
-    wait(page, ec.staleness_of(old))
+    wait(page, replaced(old))
     wait(page, loaded)
 
 
