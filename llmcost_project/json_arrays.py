@@ -35,7 +35,7 @@ class ArrayContains(Func):
     output_field = BooleanField()
     arity = 2
 
-    def as_sql(self, compiler, connection, **extra_context):
+    def as_sql(self, compiler, connection, function=None, template=None, arg_joiner=None, **extra_context):
         array_sql, array_params = compiler.compile(self.source_expressions[0])
         value_sql, value_params = compiler.compile(self.source_expressions[1])
         elements = array_elements(array_sql, "contained", connection)
