@@ -30,7 +30,7 @@ SPEND_PARAMETERS = [
     OpenApiParameter("end_user", _TEXT),
     OpenApiParameter("tag", _TEXT, description="Events carrying this tag."),
     OpenApiParameter("limit", OpenApiTypes.INT, description=f"Rows shown (default {DEFAULT_LIMIT}, at most "
-                     f"{MAX_LIMIT}); the rest is summed in `other`."),
+                     f"{MAX_LIMIT}); the rest is summed in one last row marked `other`."),
 ]
 
 

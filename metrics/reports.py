@@ -183,7 +183,7 @@ def _fetch(sql: str, params: list) -> list[dict[str, Any]]:
 
 def spend_report(*, scope: AccessScope, filters: SpendFilters, group_by: tuple[str, ...], limit: int) -> dict:
     """Figures per group (cost descending, then key), the total over the events, and the groups past
-    `limit` summed as `other` (None when every group is shown).
+    `limit` summed in one last row marked `other` (none when every group is shown).
 
     Grouped by `tag`, an event counts once in each of its distinct tags' rows (an event without tags
     in the null row), so rows can sum to more than the total; `other` is then the rest of the rows'
@@ -229,14 +229,16 @@ def spend_report(*, scope: AccessScope, filters: SpendFilters, group_by: tuple[s
             shown = {name: shown[name] + value for name, value in _figures(row).items()}
         other = {"groups": int(summary["groups"]) - len(top), **_minus(_figures(summary), shown)}
 
+    rows = [
+        {"key": {name: _key_value(name, row[key], zone) for name, key in zip(group_by, keys, strict=True)},
+         **_figures(row)}
+        for row in top
+    ]
+    if other is not None:  # the one `other` row, last; `other: true` tells it from a value "other"
+        rows.append({"key": dict.fromkeys(group_by, "other"), "other": True, **other})
     return {
         "group_by": list(group_by),
-        "rows": [
-            {"key": {name: _key_value(name, row[key], zone) for name, key in zip(group_by, keys, strict=True)},
-             **_figures(row)}
-            for row in top
-        ],
-        "other": other,
+        "rows": rows,
         "total": total,
         "start": filters.start,
         "end": filters.end,
