@@ -242,11 +242,14 @@ _ROLLUP_SUMS = {
     name: Sum(name)
     for name in ("requests", "total_tokens", "cost", "errors", "cache_hits", "unpriced", "latency_sum_ms")
 }
+# What counts as a failed call, for every read of raw events (the rollups' SQL counts the same status).
+IS_ERROR = Q(status=UsageEvent.Status.ERROR)
+
 _RAW_SUMS = {
     "requests": Count("id"),
     "total_tokens": Sum("total_tokens"),
     "cost": Sum("cost"),
-    "errors": Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
+    "errors": Count("id", filter=IS_ERROR),
     "cache_hits": Count("id", filter=Q(cache_hit=True)),
     "unpriced": Count("id", filter=Q(is_priced=False)),
     "latency_sum_ms": Sum("latency_ms"),

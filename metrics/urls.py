@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api
+from . import api, report_api
 
 urlpatterns = [
     path("metrics/track", api.TrackView.as_view(), name="metrics-track"),
@@ -9,4 +9,5 @@ urlpatterns = [
     path("metrics/batch", api.BatchRunView.as_view(), name="metrics-batch"),
     path("dashboard/metrics", api.DashboardMetricsView.as_view(), name="dashboard-metrics"),
     path("requests/recent", api.RecentRequestsView.as_view(), name="requests-recent"),
+    path("reports/spend", report_api.SpendReportView.as_view(), name="reports-spend"),
 ]
