@@ -1,12 +1,14 @@
 from django.urls import path
 
-from . import price_views, views
+from . import price_views, report_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("dashboard.json", views.dashboard_data, name="dashboard-data"),
     path("requests/", views.requests_list, name="requests"),
     path("requests.csv", views.requests_csv, name="requests-csv"),
+    path("reports/", report_views.reports, name="reports"),
+    path("reports.csv", report_views.reports_csv, name="reports-csv"),
     path("prices/", price_views.prices, name="prices"),
     *[
         route
