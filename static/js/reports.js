@@ -39,7 +39,7 @@
       interaction: { mode: "index", intersect: false },
       scales: {
         x: { stacked: true, ticks: { autoSkip: true, maxRotation: 0 } },
-        y: { stacked: true, beginAtZero: true, ticks: { callback: function (v) { return money(v); } } },
+        y: { stacked: true, beginAtZero: true, ticks: { callback: function (v) { return Math.abs(v) < 1 ? usdSmall.format(v) : usdBig.format(v); } } },
       },
       plugins: {
         legend: { position: "bottom" },
