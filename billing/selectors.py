@@ -23,6 +23,7 @@ from django.core.cache import cache
 from django.db.models import Q
 
 from llmcost_project.db import Sum
+from metrics.forecasts import RECENT, SpendProjection
 from metrics.selectors import EventFilter, rolled_up_team_costs, scoped_events, usage_by
 from teams.access import AccessScope
 from teams.models import Organization, Team
@@ -59,9 +60,7 @@ def budget_scope(budget: Budget) -> AccessScope:
 # --- spend: one grouped algorithm for any number of budgets -------------------------------------
 
 # The forecast's recent run rate is measured over this window before `now`.
-FORECAST_RECENT = timedelta(days=7)
-HOUR_SECONDS = Decimal(3600)
-RECENT_HOURS = Decimal(int(FORECAST_RECENT.total_seconds())) / HOUR_SECONDS
+FORECAST_RECENT = RECENT
 
 
 @dataclass(frozen=True)
@@ -188,18 +187,8 @@ def budget_spend(budget: Budget, start: datetime, end: datetime, now: datetime) 
 
 @dataclass(frozen=True)
 class BudgetStatus:
-    """A budget's standing at `now`, with its forecast.
-
-    Forecast: spend so far plus a blended hourly rate times the hours left in the period. The rate
-    blends the period-so-far rate (spend / hours elapsed) with the recent rate (spend of the last
-    7 days / 168), each weighted by the hours it was measured over:
-
-        rate = (E / (E + 168)) * period_rate + (168 / (E + 168)) * recent_rate,   E = hours elapsed
-
-    so early in a period (a few noisy hours) the last week's pace dominates, and by the third week
-    of a month the period's own pace counts three times as much. Periods follow the organization's
-    time zone; hours are real hours (a DST day has 23 or 25).
-    """
+    """A budget's standing at `now`, with its forecast (metrics.forecasts: the one projection
+    method, spend so far plus a blended run rate of the period and the last 7 days)."""
 
     budget: Budget
     period_start: datetime
@@ -235,25 +224,19 @@ class BudgetStatus:
     def allowed(self) -> bool:
         return not (self.budget.is_hard and self.reached)
 
-    def _hours(self, start: datetime, end: datetime) -> Decimal:
-        return max(Decimal(str((end - start).total_seconds())), Decimal(0)) / HOUR_SECONDS
+    @property
+    def projection(self) -> SpendProjection:
+        return SpendProjection(self.period_start, self.period_end, self.now, self.spend, self.recent_spend)
 
     @property
     def spend_rate(self) -> Decimal:
-        """USD per hour, as the forecast projects it (see the class docstring)."""
-        now = min(max(self.now, self.period_start), self.period_end)
-        elapsed = self._hours(self.period_start, now)
-        period_rate = self.spend / elapsed if elapsed else Decimal(0)
-        if self.recent_spend is None:
-            return period_rate
-        recent_rate = self.recent_spend / RECENT_HOURS
-        return (elapsed * period_rate + RECENT_HOURS * recent_rate) / (elapsed + RECENT_HOURS)
+        """USD per hour, as the forecast projects it."""
+        return self.projection.rate
 
     @property
     def projected_spend(self) -> Decimal:
         """Spend at period end if the blended rate continues."""
-        left = self._hours(max(self.now, self.period_start), self.period_end)
-        return (self.spend + self.spend_rate * left).quantize(Decimal("0.000001"))
+        return self.projection.projected
 
     @property
     def projected_over(self) -> bool:
@@ -262,14 +245,7 @@ class BudgetStatus:
     @property
     def projected_runs_out_at(self) -> datetime | None:
         """When spend reaches the limit at the blended rate, if within the period (now if reached)."""
-        if not self.projected_over:
-            return None
-        if self.reached:
-            return self.now
-        rate = self.spend_rate
-        hours = (self.limit - self.spend) / rate
-        at = max(self.now, self.period_start) + timedelta(seconds=float(hours * HOUR_SECONDS))
-        return min(at, self.period_end)
+        return self.projection.reaches_at(self.limit)
 
     @property
     def projected_runs_out_on(self) -> date | None:
