@@ -72,6 +72,20 @@ def _money(value: Decimal | None) -> Decimal | None:
     return None if value is None else value.quantize(COST_QUANTUM, ROUND_HALF_EVEN)
 
 
+def event_usage(
+    *, prompt_tokens: int, output_tokens: int, cached_tokens: int, cache_write_tokens: int, extra: dict | None
+) -> Usage:
+    """What one call used, from an event's token counts and its `usage` extras: the one way an event
+    (arriving, stored or re-read by insights) becomes the ledger's `Usage`."""
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
+        extra=extra or {},
+    )
+
+
 def event_priced(event: EventIn, *, organization_id: int, book) -> PricedEvent:
     """The event's cost at its own timestamp (raises UsageError: its usage contradicts itself)."""
     return price_event(
@@ -80,12 +94,12 @@ def event_priced(event: EventIn, *, organization_id: int, book) -> PricedEvent:
         model=event.model,
         provider=event.provider,
         when=cast(datetime, event.timestamp),  # validation gives every event one
-        usage=Usage(
+        usage=event_usage(
             prompt_tokens=event.prompt_tokens,
             output_tokens=event.output_tokens,
             cached_tokens=event.cached_tokens,
             cache_write_tokens=event.cache_write_tokens,
-            extra=event.usage or {},
+            extra=event.usage,
         ),
         client_cost=event.client_cost,
         client_prompt_cost=event.prompt_cost,
@@ -505,9 +519,9 @@ def _reprice_matching(events, book, chunk_size: int, result: RepriceResult) -> N
 
 def _repriced(event: UsageEvent, book) -> bool:
     """Apply the current prices to one stored event, as ingest would; True if anything changed."""
-    usage = Usage(
+    usage = event_usage(
         prompt_tokens=event.prompt_tokens, output_tokens=event.output_tokens, cached_tokens=event.cached_tokens,
-        cache_write_tokens=event.cache_write_tokens, extra=event.usage or {},
+        cache_write_tokens=event.cache_write_tokens, extra=event.usage,
     )  # fmt: skip
     kept_client_split = event.cost_source == CostSource.CLIENT  # the client's own prompt/output split
     try:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, report_api
+from . import api, insight_api, report_api
 
 urlpatterns = [
     path("metrics/track", api.TrackView.as_view(), name="metrics-track"),
@@ -10,4 +10,6 @@ urlpatterns = [
     path("dashboard/metrics", api.DashboardMetricsView.as_view(), name="dashboard-metrics"),
     path("requests/recent", api.RecentRequestsView.as_view(), name="requests-recent"),
     path("reports/spend", report_api.SpendReportView.as_view(), name="reports-spend"),
+    path("insights/what-if", insight_api.WhatIfView.as_view(), name="insights-what-if"),
+    path("insights/savings", insight_api.SavingsView.as_view(), name="insights-savings"),
 ]
