@@ -14,7 +14,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ from django.core.cache import cache
 from django.db.models import Q
 
 from llmcost_project.db import Sum
-from metrics.forecasts import RECENT, SpendProjection
+from metrics.forecasts import RECENT, SpendProjection, calendar_period
 from metrics.selectors import EventFilter, rolled_up_team_costs, scoped_events, usage_by
 from teams.access import AccessScope
 from teams.models import Organization, Team
@@ -33,20 +33,7 @@ from .models import Budget
 
 def budget_period(budget: Budget, now: datetime) -> tuple[datetime, datetime]:
     """The calendar period containing `now`, in the organization's time zone, as UTC instants."""
-    zone = ZoneInfo(budget.organization.time_zone)
-    today = now.astimezone(zone).date()
-    if budget.period == Budget.Period.DAILY:
-        first, following = today, today + timedelta(days=1)
-    elif budget.period == Budget.Period.WEEKLY:
-        first = today - timedelta(days=today.weekday())
-        following = first + timedelta(days=7)
-    else:
-        first = today.replace(day=1)
-        following = (first + timedelta(days=32)).replace(day=1)
-    # Combining with the zone (not adding hours) keeps midnight right across DST changes.
-    start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
-    end = datetime.combine(following, time.min, tzinfo=zone).astimezone(UTC)
-    return start, end
+    return calendar_period(budget.organization.time_zone, budget.period, now)
 
 
 def budget_scope(budget: Budget) -> AccessScope:

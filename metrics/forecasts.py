@@ -17,8 +17,13 @@ time zone; hours are real hours (a DST day has 23 or 25).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from teams.access import AccessScope
+
+from .selectors import EventFilter, usage_by, with_team
 
 # The recent run rate is measured over this window before `now`.
 RECENT = timedelta(days=7)
@@ -93,3 +98,60 @@ class SpendProjection:
         hours = (limit - self.spend) / self.rate
         at = max(self.now, self.start) + timedelta(seconds=float(hours * HOUR_SECONDS))
         return min(at, self.end)
+
+
+def calendar_period(time_zone: str, period: str, now: datetime) -> tuple[datetime, datetime]:
+    """The calendar day, week (from Monday) or month containing `now` in `time_zone`, as UTC instants."""
+    zone = ZoneInfo(time_zone)
+    today = now.astimezone(zone).date()
+    if period == "daily":
+        first, following = today, today + timedelta(days=1)
+    elif period == "weekly":
+        first = today - timedelta(days=today.weekday())
+        following = first + timedelta(days=7)
+    elif period == "monthly":
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"not a period: {period}")
+    # Combining with the zone (not adding hours) keeps midnight right across DST changes.
+    start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
+    end = datetime.combine(following, time.min, tzinfo=zone).astimezone(UTC)
+    return start, end
+
+
+def _figures(projection: SpendProjection) -> dict:
+    return {"spend": projection.spend, "projected": projection.projected, "low": projection.low,
+            "high": projection.high}  # fmt: skip
+
+
+def month_forecasts(*, scope: AccessScope, team_alias: str | None = None, now: datetime | None = None) -> dict:
+    """Each team's spend this calendar month (the organization's time zone) and its projected
+    month-end spend with a range; the organization's total projected the same way from its totals.
+    Two grouped reads (the month so far, the last 7 days), from rollups and the raw tail."""
+    now = now or datetime.now(UTC)
+    start, end = calendar_period(scope.organization.time_zone, "monthly", now)
+    month = with_team(scope, EventFilter(start=start, end=now, team_alias=team_alias))
+    recent = EventFilter(start=now - RECENT, end=now, team_alias=team_alias, team_id=month.team_id)
+    spends = usage_by(scope=scope, filters=month, fields=("team",))
+    recents = usage_by(scope=scope, filters=recent, fields=("team",))
+    team_ids = {key[0] for key in spends} | {key[0] for key in recents}
+    aliases = dict(scope.teams().filter(pk__in=team_ids).values_list("pk", "alias"))
+
+    def projection(spend: Decimal, recent_spend: Decimal) -> SpendProjection:
+        return SpendProjection(start=start, end=end, now=now, spend=spend, recent_spend=recent_spend)
+
+    def cost(grouped: dict, team_id: int) -> Decimal:
+        return grouped.get((team_id,), {}).get("cost", Decimal(0))
+
+    teams = [
+        {"team_alias": aliases[team_id], **_figures(projection(cost(spends, team_id), cost(recents, team_id)))}
+        for team_id in team_ids
+        if team_id in aliases
+    ]
+    teams.sort(key=lambda row: (-row["projected"], row["team_alias"]))
+    total = projection(
+        sum((values["cost"] for values in spends.values()), Decimal(0)),
+        sum((values["cost"] for values in recents.values()), Decimal(0)),
+    )
+    return {"month_start": start, "month_end": end, "as_of": now, "teams": teams, "total": _figures(total)}

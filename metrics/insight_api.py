@@ -1,5 +1,5 @@
-"""The savings insights API: `GET /api/v1/insights/what-if` and `GET /api/v1/insights/savings`.
-Parse (the insights' FilterSets), call the selector (`metrics.insights`)."""
+"""The insights API: `GET /api/v1/insights/what-if`, `/savings` and `/forecast`.
+Parse (the insights' FilterSets), call the selector (`metrics.insights`, `metrics.forecasts`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from rest_framework.views import APIView
 
 from teams.authentication import CanRead
 
-from .insight_filters import SavingsFilterSet, WhatIfFilterSet
+from .forecasts import month_forecasts
+from .insight_filters import ForecastFilterSet, SavingsFilterSet, WhatIfFilterSet
 from .insights import UnpricedAlternative, savings, what_if
 from .report_filters import DEFAULT_RANGE_HOURS, MAX_RANGE_HOURS
 
@@ -71,3 +72,17 @@ class SavingsView(APIView):
     def get(self, request):
         filterset = _parsed(SavingsFilterSet(data=request.query_params))
         return Response(savings(scope=request.user.scope, filters=filterset.insight_filters()))
+
+
+class ForecastView(APIView):
+    """Each team's spend this calendar month (the organization's time zone) and its projected
+    month-end spend with a range, by the method budget forecasts use (metrics.forecasts)."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(parameters=[OpenApiParameter("team_alias", _TEXT)], responses={200: dict},
+                   summary="Month-end spend per team")  # fmt: skip
+    def get(self, request):
+        filterset = _parsed(ForecastFilterSet(data=request.query_params))
+        team_alias = filterset.form.cleaned_data.get("team_alias") or None
+        return Response(month_forecasts(scope=request.user.scope, team_alias=team_alias))

@@ -80,17 +80,11 @@ class GroupByFilter(django_filters.Filter):
     field_class = GroupByField
 
 
-class SpendReportFilterSet(django_filters.FilterSet):
-    group_by = GroupByFilter(label="group_by", max_length=200, required=True)
-    start = MomentFilter(label="start")
-    end = MomentFilter(label="end")
-    time_range_hours = IntegerFilter(label="time_range_hours", min_value=1, max_value=MAX_RANGE_HOURS)
-    team_alias = _text("team_alias", 100)
-    model_filter = _text("model_filter", 200)
-    user_id = _text("user_id", 255)
-    end_user = _text("end_user", 255)
-    tag = _text("tag", 100)
-    limit = IntegerFilter(label="limit", min_value=1, max_value=MAX_LIMIT)
+class StrictFilterSet(django_filters.FilterSet):
+    """The API's query parameters as a django-filter FilterSet, with the rules of `QueryParams`: every
+    parameter bounded (checked when the class is defined), and one sent empty or twice is an error
+    naming it, not an omission. `errors` gathers them by parameter; `more_errors` adds a subclass's
+    checks across parameters once each parameter is valid on its own."""
 
     class Meta:
         model = UsageEvent
@@ -108,21 +102,8 @@ class SpendReportFilterSet(django_filters.FilterSet):
 
     def __init__(self, data=None, *args, **kwargs):
         super().__init__(data, *args, **kwargs)
-        self._metadata_keys: list[str] = []
         self._early_errors: dict[str, list[str]] = {}
-        for name in self.data:
-            if not name.startswith(METADATA_PREFIX):
-                continue
-            key = name[len(METADATA_PREFIX):]
-            if not METADATA_KEY.fullmatch(key):
-                self._early_errors.setdefault("metadata", []).append(f"metadata.<key>: {KEY_RULE}")
-                continue
-            self._metadata_keys.append(key)
-            self.filters[name] = _text(name, METADATA_VALUE_MAX_LENGTH)
-        if len(self._metadata_keys) > MAX_METADATA_FILTERS:
-            self._early_errors.setdefault("metadata", []).append(
-                f"at most {MAX_METADATA_FILTERS} metadata.<key> filters"
-            )
+        self.add_filters()
         for name in self.filters:
             values = self.data.getlist(name) if hasattr(self.data, "getlist") else [self.data.get(name)]
             if len(values) > 1:
@@ -130,17 +111,35 @@ class SpendReportFilterSet(django_filters.FilterSet):
             elif name in self.data and not str(values[0]).strip():
                 self._early_errors.setdefault(name, []).append("may not be blank")
 
+    def add_filters(self) -> None:
+        """Filters named by the request itself (before the blank and repeat checks run on them)."""
+
     def is_valid(self) -> bool:
         return self.is_bound and not self.errors
 
     @property
     def errors(self) -> dict[str, list[str]]:
-        """Problems by parameter name (`metadata` for a malformed metadata key); empty when valid."""
+        """Problems by parameter name; empty when valid."""
         errors = {name: list(messages) for name, messages in self.form.errors.items()}
         errors.update(self._early_errors)  # blank or repeated: the first problem of a parameter is enough
         if not errors:
-            errors.update(self._range_errors())
+            errors.update(self.more_errors())
         return errors
+
+    def more_errors(self) -> dict[str, list[str]]:
+        return {}
+
+
+class RangeFilterSet(StrictFilterSet):
+    """A time range, `start`/`end` or `time_range_hours` back from `end` (or now), and `team_alias`."""
+
+    start = MomentFilter(label="start")
+    end = MomentFilter(label="end")
+    time_range_hours = IntegerFilter(label="time_range_hours", min_value=1, max_value=MAX_RANGE_HOURS)
+    team_alias = _text("team_alias", 100)
+
+    def more_errors(self) -> dict[str, list[str]]:
+        return self._range_errors()
 
     def _range(self) -> tuple[datetime, datetime]:
         data = self.form.cleaned_data
@@ -156,6 +155,32 @@ class SpendReportFilterSet(django_filters.FilterSet):
         if end - start > timedelta(hours=MAX_RANGE_HOURS):
             return {"start": [f"the range may span at most {MAX_RANGE_HOURS} hours"]}
         return {}
+
+
+class SpendReportFilterSet(RangeFilterSet):
+    group_by = GroupByFilter(label="group_by", max_length=200, required=True)
+    model_filter = _text("model_filter", 200)
+    user_id = _text("user_id", 255)
+    end_user = _text("end_user", 255)
+    tag = _text("tag", 100)
+    limit = IntegerFilter(label="limit", min_value=1, max_value=MAX_LIMIT)
+
+    def add_filters(self) -> None:
+        """`metadata.<key>` parameters: a filter each (their keys checked; at most a few)."""
+        self._metadata_keys: list[str] = []
+        for name in self.data:
+            if not name.startswith(METADATA_PREFIX):
+                continue
+            key = name[len(METADATA_PREFIX):]
+            if not METADATA_KEY.fullmatch(key):
+                self._early_errors.setdefault("metadata", []).append(f"metadata.<key>: {KEY_RULE}")
+                continue
+            self._metadata_keys.append(key)
+            self.filters[name] = _text(name, METADATA_VALUE_MAX_LENGTH)
+        if len(self._metadata_keys) > MAX_METADATA_FILTERS:
+            self._early_errors.setdefault("metadata", []).append(
+                f"at most {MAX_METADATA_FILTERS} metadata.<key> filters"
+            )
 
     def spend_query(self) -> SpendQuery:
         """The parsed parameters; call only once `errors` is empty."""
@@ -173,5 +198,3 @@ class SpendReportFilterSet(django_filters.FilterSet):
         )
         return SpendQuery(filters=filters, group_by=data["group_by"], limit=data.get("limit") or DEFAULT_LIMIT)
 
-
-SpendReportFilterSet._refuse_unbounded()

@@ -12,4 +12,5 @@ urlpatterns = [
     path("reports/spend", report_api.SpendReportView.as_view(), name="reports-spend"),
     path("insights/what-if", insight_api.WhatIfView.as_view(), name="insights-what-if"),
     path("insights/savings", insight_api.SavingsView.as_view(), name="insights-savings"),
+    path("insights/forecast", insight_api.ForecastView.as_view(), name="insights-forecast"),
 ]
