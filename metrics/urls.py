@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, report_api
+from . import api, export_api, report_api
 
 urlpatterns = [
     path("metrics/track", api.TrackView.as_view(), name="metrics-track"),
@@ -10,4 +10,5 @@ urlpatterns = [
     path("dashboard/metrics", api.DashboardMetricsView.as_view(), name="dashboard-metrics"),
     path("requests/recent", api.RecentRequestsView.as_view(), name="requests-recent"),
     path("reports/spend", report_api.SpendReportView.as_view(), name="reports-spend"),
+    path("exports/focus", export_api.FocusExportView.as_view(), name="exports-focus"),
 ]
