@@ -49,6 +49,13 @@ FIGURES = ("requests", "prompt_tokens", "output_tokens", "cached_tokens", "cache
            "cost", "list_cost", "errors")
 
 
+def list_cost():
+    """An event's list cost: the platform's price, or the billed cost when there is none (no platform
+    price matched its model), so cost and list cost always sum the same events. Reports and the FOCUS
+    export (`metrics.focus`) both use this one spelling."""
+    return Coalesce("list_cost", "cost")
+
+
 def is_dimension(name: str) -> bool:
     if name.startswith(METADATA_PREFIX):
         return METADATA_KEY.fullmatch(name[len(METADATA_PREFIX):]) is not None
@@ -121,7 +128,7 @@ def _event_columns(events: QuerySet[UsageEvent], group_by: tuple[str, ...], zone
     keys = {f"k{index}": _dimension_expression(name, zone) for index, name in enumerate(group_by) if name != "tag"}
     figures = {
         "f_cost": F("cost"),
-        "f_list_cost": Coalesce("list_cost", "cost"),
+        "f_list_cost": list_cost(),
         "f_error": Case(When(IS_ERROR, then=1), default=0, output_field=IntegerField()),
         **{f"f_{name}": F(name) for name in COUNTS if name not in ("requests", "errors")},
     }

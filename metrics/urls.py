@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, insight_api, report_api
+from . import api, export_api, insight_api, report_api
 
 urlpatterns = [
     path("metrics/track", api.TrackView.as_view(), name="metrics-track"),
@@ -13,4 +13,5 @@ urlpatterns = [
     path("insights/what-if", insight_api.WhatIfView.as_view(), name="insights-what-if"),
     path("insights/savings", insight_api.SavingsView.as_view(), name="insights-savings"),
     path("insights/forecast", insight_api.ForecastView.as_view(), name="insights-forecast"),
+    path("exports/focus", export_api.FocusExportView.as_view(), name="exports-focus"),
 ]
