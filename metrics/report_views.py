@@ -28,6 +28,8 @@ from django.utils.http import urlencode
 from teams.access import AccessScope
 from teams.web import org_page
 
+from .export_api import focus_csv_response
+from .focus_filters import FocusExportFilterSet
 from .report_filters import KEY_RULE, SpendQuery, SpendReportFilterSet
 from .reports import DIMENSIONS, METADATA_KEY, METADATA_PREFIX, spend_report
 from .templatetags.metrics_format import full_money
@@ -270,6 +272,10 @@ def reports(request, scope):
         "by_tag": "tag" in q.group_by,
         "chart": spend_chart(scope=scope, query=q),
         "api_url": f"{reverse('reports-spend')}?{parsed.api_data.urlencode(safe=',')}",
+        "focus_query": urlencode({
+            "start": q.filters.start.astimezone(UTC).isoformat(), "end": q.filters.end.astimezone(UTC).isoformat(),
+            **({"team_alias": q.filters.team_alias} if q.filters.team_alias else {}),
+        }),
     }
     return render(request, "metrics/reports.html", context)
 
@@ -322,3 +328,12 @@ def reports_csv(request, scope):
     response = StreamingHttpResponse(csv_lines(report), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+@org_page
+def reports_focus_csv(request, scope):
+    """The FOCUS export of the page's range and team (the API's, with the session's access)."""
+    filterset = FocusExportFilterSet(data=request.GET)
+    if not filterset.is_valid():
+        return JsonResponse({"status": "error", "errors": filterset.errors}, status=400)
+    return focus_csv_response(scope=scope, query=filterset.focus_query())

@@ -9,6 +9,7 @@ urlpatterns = [
     path("requests.csv", views.requests_csv, name="requests-csv"),
     path("reports/", report_views.reports, name="reports"),
     path("reports.csv", report_views.reports_csv, name="reports-csv"),
+    path("reports/focus.csv", report_views.reports_focus_csv, name="reports-focus-csv"),
     path("prices/", price_views.prices, name="prices"),
     *[
         route

@@ -278,3 +278,31 @@ def test_the_csv_quotes_values_a_spreadsheet_would_run(world, data):  # noqa: F8
     text = b"".join(response.streaming_content).decode()
 
     assert "'=HYPERLINK(1)" in text and "\n=HYPERLINK" not in text.replace("\r", "")
+
+
+def focus_link(response) -> str:
+    return unescape(re.search(r'id="report-focus" href="([^"]+)"', response.content.decode()).group(1))
+
+
+@pytest.mark.parametrize("who", ["member", "viewer"])
+def test_the_focus_button_exports_the_pages_range_with_the_readers_access(world, data, who):  # noqa: F811
+    """The page's FOCUS export is the API's export of the same range, through the session's scope:
+    its BilledCost sums to the page's total cost (a team-limited viewer's: their team's)."""
+    client = client_for(getattr(world, who))
+    page = client.get(PAGE, {**window(data), "group": "team_alias"})
+    _, total = split(table(page), 1)
+    response = client.get(focus_link(page))
+
+    assert response.status_code == 200 and response["Content-Disposition"].startswith('attachment; filename="focus-acme-')
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows and sum(Decimal(row["BilledCost"]) for row in rows) == total["cost"]
+    if who == "viewer":
+        assert {row["SubAccountName"] for row in rows} <= {"chatbot"}
+
+
+def test_the_focus_button_refuses_a_bad_range_and_outsiders(world, data):  # noqa: F811
+    member = client_for(world.member)
+    url = focus_link(member.get(PAGE, window(data)))
+    assert client_for(users_by_role(world)["outsider"]).get(url).status_code == 404
+    bad = member.get("/o/acme/reports/focus.csv", {"start": "2026-03-02", "end": "2026-03-01"})
+    assert bad.status_code == 400 and set(bad.json()["errors"]) == {"start"}
