@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import price_views, report_views, views
+from . import insight_views, price_views, report_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -9,6 +9,7 @@ urlpatterns = [
     path("requests.csv", views.requests_csv, name="requests-csv"),
     path("reports/", report_views.reports, name="reports"),
     path("reports.csv", report_views.reports_csv, name="reports-csv"),
+    path("insights/", insight_views.insights, name="insights"),
     path("prices/", price_views.prices, name="prices"),
     *[
         route
