@@ -13,6 +13,7 @@ from typing import Any
 from django.http import QueryDict
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.http import urlencode
 
 from teams.web import org_page
 
@@ -108,7 +109,7 @@ def insights(request, scope):
         ),
         "priced_models": sorted(f"{provider}/{model}" for provider, model in chat_prices(filters.end)),
         "api_base": reverse("insights-recommendations").rsplit("/", 1)[0],
-        "api_query": data.urlencode(),
+        "api_query": urlencode([(name, data[name]) for name in ("time_range_hours", "team_alias") if name in data]),
         "filters": filters,
     }
     return render(request, "metrics/insights.html", context, status=status)
