@@ -1,4 +1,4 @@
-"""The insights API: `GET /api/v1/insights/what-if`, `/savings` and `/forecast`.
+"""The insights API: `GET /api/v1/insights/what-if`, `/savings`, `/forecast` and `/recommendations`.
 Parse (the insights' FilterSets), call the selector (`metrics.insights`, `metrics.forecasts`)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from rest_framework.views import APIView
 from teams.authentication import CanRead
 
 from .forecasts import month_forecasts
-from .insight_filters import ForecastFilterSet, SavingsFilterSet, WhatIfFilterSet
+from .insight_filters import ForecastFilterSet, RecommendationsFilterSet, SavingsFilterSet, WhatIfFilterSet
 from .insights import UnpricedAlternative, savings, what_if
+from .recommendations import recommendations
 from .report_filters import DEFAULT_RANGE_HOURS, MAX_RANGE_HOURS
 
 _TEXT = OpenApiTypes.STR
@@ -86,3 +87,16 @@ class ForecastView(APIView):
         filterset = _parsed(ForecastFilterSet(data=request.query_params))
         team_alias = filterset.form.cleaned_data.get("team_alias") or None
         return Response(month_forecasts(scope=request.user.scope, team_alias=team_alias))
+
+
+class RecommendationsView(APIView):
+    """For the costliest groups (team x query type x model) in range, cheaper models to try, each with its
+    what-if saving on that group's calls and, for models already used, their latency P95 and error rate;
+    from raw events (within raw retention). The method: `metrics.recommendations`."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(parameters=RANGE_PARAMETERS, responses={200: dict}, summary="Cheaper models to try")
+    def get(self, request):
+        filterset = _parsed(RecommendationsFilterSet(data=request.query_params))
+        return Response(recommendations(scope=request.user.scope, filters=filterset.insight_filters()))

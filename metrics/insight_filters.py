@@ -24,6 +24,10 @@ class SavingsFilterSet(RangeFilterSet):
                               query_type=data.get("query_type") or None)  # fmt: skip
 
 
+class RecommendationsFilterSet(SavingsFilterSet):
+    """The range and team_alias, as the other insights."""
+
+
 class WhatIfFilterSet(SavingsFilterSet):
     model = django_filters.CharFilter(label="model", max_length=MODEL_MAX_LENGTH, required=True)
     alternative = django_filters.CharFilter(label="alternative", max_length=MODEL_MAX_LENGTH, required=True)

@@ -114,10 +114,17 @@ def what_if(*, scope: AccessScope, filters: InsightFilters, model: str, alternat
     of every figure and counted in `unpriced_requests`. Raises UnpricedAlternative when `alternative`
     has no price at the end of the range.
     """
+    return what_ifs(scope=scope, filters=filters, model=model, alternatives=[alternative])[alternative]
+
+
+def what_ifs(*, scope: AccessScope, filters: InsightFilters, model: str, alternatives: list[str]) -> dict[str, dict]:
+    """`what_if` at several alternatives, reading the calls once: the answer of each, by alternative.
+    Raises UnpricedAlternative naming the first alternative that has no price at the end of the range."""
     book = price_book()
     organization_id = scope.organization.pk
-    if _priced(book, organization_id, alternative, None, filters.end, Usage()) is None:
-        raise UnpricedAlternative(alternative)
+    for alternative in alternatives:
+        if _priced(book, organization_id, alternative, None, filters.end, Usage()) is None:
+            raise UnpricedAlternative(alternative)
     rows = (
         insight_events(scope=scope, filters=filters)
         .filter(model=model)
@@ -125,29 +132,35 @@ def what_if(*, scope: AccessScope, filters: InsightFilters, model: str, alternat
         .values_list("timestamp", "cost", *USAGE_COLUMNS)
         .iterator(chunk_size=CHUNK_SIZE)
     )
-    requests = unpriced = 0
-    actual = alternative_cost = ZERO
+    counts = {alternative: [0, 0] for alternative in alternatives}  # requests, unpriced
+    sums = {alternative: [ZERO, ZERO] for alternative in alternatives}  # actual, at the alternative
     for row in rows:
-        priced = _priced(book, organization_id, alternative, None, row[0], _usage(row))
-        if priced is None:
-            unpriced += 1
-            continue
-        requests += 1
-        actual += row[1]
-        alternative_cost += priced.cost
-    savings = actual - alternative_cost
-    return {
-        "model": model,
-        "alternative": alternative,
-        "requests": requests,
-        "actual_cost": actual,
-        "alternative_cost": alternative_cost,
-        "savings": savings,
-        "savings_percent": _percent(savings, actual),
-        "unpriced_requests": unpriced,
-        "start": filters.start,
-        "end": filters.end,
-    }
+        usage = _usage(row)
+        for alternative in alternatives:
+            priced = _priced(book, organization_id, alternative, None, row[0], usage)
+            if priced is None:
+                counts[alternative][1] += 1
+                continue
+            counts[alternative][0] += 1
+            sums[alternative][0] += row[1]
+            sums[alternative][1] += priced.cost
+    answers = {}
+    for alternative in alternatives:
+        (requests, unpriced), (actual, alternative_cost) = counts[alternative], sums[alternative]
+        savings = actual - alternative_cost
+        answers[alternative] = {
+            "model": model,
+            "alternative": alternative,
+            "requests": requests,
+            "actual_cost": actual,
+            "alternative_cost": alternative_cost,
+            "savings": savings,
+            "savings_percent": _percent(savings, actual),
+            "unpriced_requests": unpriced,
+            "start": filters.start,
+            "end": filters.end,
+        }
+    return answers
 
 
 # --- savings so far --------------------------------------------------------------------------------

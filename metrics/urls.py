@@ -13,5 +13,6 @@ urlpatterns = [
     path("insights/what-if", insight_api.WhatIfView.as_view(), name="insights-what-if"),
     path("insights/savings", insight_api.SavingsView.as_view(), name="insights-savings"),
     path("insights/forecast", insight_api.ForecastView.as_view(), name="insights-forecast"),
+    path("insights/recommendations", insight_api.RecommendationsView.as_view(), name="insights-recommendations"),
     path("exports/focus", export_api.FocusExportView.as_view(), name="exports-focus"),
 ]

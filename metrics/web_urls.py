@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import price_views, report_views, views
+from . import insight_views, price_views, report_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("reports/", report_views.reports, name="reports"),
     path("reports.csv", report_views.reports_csv, name="reports-csv"),
     path("reports/focus.csv", report_views.reports_focus_csv, name="reports-focus-csv"),
+    path("insights/", insight_views.insights, name="insights"),
     path("prices/", price_views.prices, name="prices"),
     *[
         route
