@@ -34,6 +34,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("metrics.urls")),
     path("api/v1/", include("billing.urls")),
+    path("api/v1/", include("teams.urls")),
     path("", include("metrics.integrations.urls")),  # LiteLLM logs; OTLP traces at /v1/traces
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -14,7 +14,6 @@ inner query, so they cannot disagree.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -30,6 +29,7 @@ from billing.pricing.money import from_units
 from llmcost_project.db import exact_sum_function
 from llmcost_project.json_arrays import ArrayContains, array_elements, first_occurrence
 from teams.access import AccessScope
+from teams.models import METADATA_KEY  # the one definition of a metadata key
 
 from .models import UsageEvent
 from .selectors import IS_ERROR, EventFilter, scoped_events
@@ -37,7 +37,6 @@ from .selectors import IS_ERROR, EventFilter, scoped_events
 # Dimensions a report groups by; `metadata.<key>` besides these.
 DIMENSIONS = ("team_alias", "model", "provider", "user_id", "end_user", "query_type", "tag", "day", "hour")
 METADATA_PREFIX = "metadata."
-METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_GROUP_BY = 2
 MAX_METADATA_FILTERS = 5
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000

@@ -1,8 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 
-from .models import ApiToken, Membership, Organization, Team
-from .services import token_create, token_revoke
+from .models import ApiToken, DeclaredDimension, Membership, Organization, Team
+from .services import dimension_declare, token_create, token_revoke
 
 
 class TeamChoicesMixin(admin.options.BaseModelAdmin):
@@ -101,3 +101,31 @@ class ApiTokenAdmin(TeamChoicesMixin, admin.ModelAdmin):
     def revoke(self, request, queryset):
         for token in queryset:
             token_revoke(token=token)
+
+
+class DeclaredDimensionAdminForm(forms.ModelForm):
+    """The model's own checks (the key's rule, the limit, the unique key) show on the form; the save
+    goes through `dimension_declare`, which checks the limit again under a lock."""
+
+    class Meta:
+        model = DeclaredDimension
+        fields = ("organization", "key")
+
+
+@admin.register(DeclaredDimension)
+class DeclaredDimensionAdmin(admin.ModelAdmin):
+    """Declared metadata keys: added and deleted, never edited (a renamed key would be another key)."""
+
+    form = DeclaredDimensionAdminForm
+    list_display = ("key", "organization", "created_at")
+    list_filter = ("organization",)
+    list_select_related = ("organization",)
+    search_fields = ("key", "organization__slug")
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        dimension = dimension_declare(organization=obj.organization, key=obj.key)
+        obj.pk, obj.created_at = dimension.pk, dimension.created_at
+        obj._state.adding = False

@@ -165,3 +165,18 @@ class InvitablePasswordResetForm(PasswordResetForm):
         email_field = user_model.get_email_field_name()
         users = user_model._default_manager.filter(**{f"{email_field}__iexact": email, "is_active": True})
         return (user for user in users if getattr(user, email_field, "").casefold() == email.casefold())
+
+
+# --- declared dimensions ------------------------------------------------------------------------
+
+
+class DimensionForm(forms.Form):
+    key = forms.CharField(
+        max_length=64, label="Metadata key", help_text="As your events carry it, e.g. feature, customer, environment.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+
+    def refuse(self, error) -> None:
+        """Show a service's refusal (the key's rule, the limit, a duplicate) on the key field."""
+        for message in error.messages:
+            self.add_error("key", message)

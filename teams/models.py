@@ -1,7 +1,9 @@
 import hashlib
+import re
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -9,6 +11,14 @@ from django.utils import timezone
 alias_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}$",
     "Use letters, digits, '.', '_', '-', '@' or ':' (at most 100 characters).",
+)
+
+# A metadata key, as events carry it and reports group by it (`metadata.<key>`): the one definition,
+# here at the bottom layer so declared dimensions (teams) and the reports (metrics) share it.
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+metadata_key_validator = RegexValidator(
+    rf"\A{METADATA_KEY.pattern}\Z",
+    "%(value)r is not a metadata key: use 1 to 64 letters, digits, '_', '.' or '-'.",
 )
 
 
@@ -124,3 +134,44 @@ class ApiToken(models.Model):
         """Return (lookup, full token)."""
         lookup = secrets.token_hex(4)
         return lookup, f"{cls.PREFIX}{lookup}_{secrets.token_urlsafe(24)}"
+
+
+class DeclaredDimension(models.Model):
+    """A metadata key an organization groups its spend by (`metadata.<key>` in reports).
+
+    At most `LIMIT` per organization (enforced by `teams.services.dimension_declare`, which counts under
+    a lock on the organization row); the daily rollups of declared keys read this table.
+    """
+
+    LIMIT = 10
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="declared_dimensions")
+    key = models.CharField(max_length=64, validators=[metadata_key_validator])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "key"], name="declared_dimension_unique_in_org",
+                violation_error_message="This key is already declared in the organization.",
+            ),
+        ]
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}: metadata.{self.key}"
+
+    def clean(self) -> None:
+        if self._state.adding and self.organization_id is not None:
+            self.check_room()
+
+    def check_room(self) -> None:
+        """Refuse a new key when the organization already declares `LIMIT` (a key it already declares
+        is left to the unique constraint, which names it as such)."""
+        declared = DeclaredDimension.objects.filter(organization_id=self.organization_id)
+        if declared.count() >= self.LIMIT and not declared.filter(key=self.key).exists():
+            raise ValidationError(
+                f"Cannot declare {self.key!r}: the organization already declares {self.LIMIT} dimensions, "
+                "the most allowed; remove one first.",
+                code="limit",
+            )

@@ -1,13 +1,14 @@
-"""Writes for tenancy: organizations, teams, members and tokens."""
+"""Writes for tenancy: organizations, teams, members, tokens and declared dimensions."""
 
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .access import default_team
-from .models import ApiToken, Membership, Organization, Role, Team
+from .models import ApiToken, DeclaredDimension, Membership, Organization, Role, Team
 
 
 @transaction.atomic
@@ -80,3 +81,33 @@ def member_add(
     )
     membership.teams.set(teams or [])
     return membership
+
+
+# --- declared dimensions ----------------------------------------------------------------------------
+
+
+def dimension_declare(*, organization: Organization, key: str) -> DeclaredDimension:
+    """Declare a metadata key the organization groups its spend by.
+
+    Raises ValidationError (naming the key) for a malformed key, a key already declared, or an
+    organization at its limit of `DeclaredDimension.LIMIT`. The limit is checked again under a lock
+    on the organization's row, so two concurrent declarations cannot pass it together; a duplicate is
+    refused by the unique constraint, not by looking first.
+    """
+    dimension = DeclaredDimension(organization=organization, key=key)
+    dimension.full_clean(validate_unique=False, validate_constraints=False)  # the key's rule, the limit
+    with transaction.atomic():
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
+        dimension.check_room()
+        try:
+            with transaction.atomic():
+                dimension.save()
+        except IntegrityError:
+            raise ValidationError(f"{key!r} is already declared in {organization.slug}.", code="exists") from None
+    return dimension
+
+
+def dimension_remove(*, organization: Organization, key: str) -> bool:
+    """Stop grouping by a key. False when it was not declared."""
+    deleted, _ = DeclaredDimension.objects.filter(organization=organization, key=key).delete()
+    return deleted > 0

@@ -1,5 +1,6 @@
-"""Pages for tenancy: tokens and members (owners and admins). The teams pages show spend against
-budgets, so they live with the budgets' pages (billing.views)."""
+"""Pages for tenancy: tokens and members (owners and admins), declared dimensions (every member reads
+them; owners and admins who see every team change them). The teams pages show spend against budgets,
+so they live with the budgets' pages (billing.views)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,22 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from .access import AccessScope
-from .forms import LAST_OWNER, MemberAddForm, MemberEditForm, TokenForm, edit_refusal, is_last_owner
-from .models import ApiToken, Membership, Role
-from .services import member_add, token_create, token_revoke
+from .forms import LAST_OWNER, DimensionForm, MemberAddForm, MemberEditForm, TokenForm, edit_refusal, is_last_owner
+from .models import ApiToken, DeclaredDimension, Membership, Role
+from .services import dimension_declare, dimension_remove, member_add, token_create, token_revoke
 from .web import org_page
 
 ROLE_ORDER = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2, Role.VIEWER: 3}
@@ -205,3 +207,54 @@ def member_invite(request, scope, member_id: int):
     else:
         messages.error(request, "The invitation email could not be sent; check the email settings.")
     return redirect("members", org_slug=scope.organization.slug)
+
+
+# --- declared dimensions ------------------------------------------------------------------------
+
+
+def _dimensions_page(request, scope: AccessScope, form: DimensionForm):
+    context = {
+        "scope": scope, "nav": "dimensions", "form": form, "limit": DeclaredDimension.LIMIT,
+        "dimensions": list(DeclaredDimension.objects.filter(organization=scope.organization).order_by("key")),
+        "can_edit": scope.manages_whole_organization,
+    }
+    return render(request, "teams/dimensions.html", context)
+
+
+def _refuse_unless_whole_organization_manager(scope: AccessScope) -> None:
+    # Declared dimensions are an organization-wide setting: a team-limited admin reads them only.
+    if not scope.manages_whole_organization:
+        raise PermissionDenied("Only owners and admins who see every team change the declared dimensions.")
+
+
+@org_page
+@require_safe
+def dimensions(request, scope: AccessScope):
+    return _dimensions_page(request, scope, DimensionForm())
+
+
+@org_page
+@require_POST
+def dimension_add(request, scope: AccessScope):
+    _refuse_unless_whole_organization_manager(scope)
+    form = DimensionForm(request.POST)
+    if form.is_valid():
+        key = form.cleaned_data["key"]
+        try:
+            dimension_declare(organization=scope.organization, key=key)
+        except ValidationError as error:
+            form.refuse(error)
+        else:
+            messages.success(request, f"Declared metadata.{key}: reports can group by it.")
+            return redirect("dimensions", org_slug=scope.organization.slug)
+    return _dimensions_page(request, scope, form)
+
+
+@org_page
+@require_POST
+def dimension_remove_view(request, scope: AccessScope, key: str):
+    _refuse_unless_whole_organization_manager(scope)
+    if not dimension_remove(organization=scope.organization, key=key):
+        raise Http404("No such dimension.")
+    messages.success(request, f"Removed metadata.{key} from the declared dimensions.")
+    return redirect("dimensions", org_slug=scope.organization.slug)
