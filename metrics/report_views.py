@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from teams.access import AccessScope
+from teams.selectors import declared_dimension_keys
 from teams.web import org_page
 
 from .export_api import focus_csv_response
@@ -259,6 +260,7 @@ def reports(request, scope):
         "dimensions": list(DIMENSION_LABELS.items()),
         "range_labels": RANGE_LABELS,
         "teams": list(scope.teams().values_list("alias", flat=True)),
+        "declared_keys": declared_dimension_keys(organization=scope.organization),  # offered as metadata keys
         "query": query,
     }
     if parsed.query is None:

@@ -307,3 +307,14 @@ def test_the_focus_button_refuses_a_bad_range_and_outsiders(world, data):  # noq
     assert client_for(users_by_role(world)["outsider"]).get(url).status_code == 404
     bad = member.get("/o/acme/reports/focus.csv", {"start": "2026-03-02", "end": "2026-03-01"})
     assert bad.status_code == 400 and set(bad.json()["errors"]) == {"start"}
+
+
+def test_the_declared_dimensions_are_offered_as_metadata_keys(world):
+    from teams.services import dimension_declare
+
+    dimension_declare(organization=world.acme, key="feature")
+    dimension_declare(organization=world.globex, key="globex-secret")
+    html = client_for(world.member).get(PAGE).content.decode()
+    datalist = re.search(r'<datalist id="declared-keys">(.*?)</datalist>', html, re.S).group(1)
+    assert re.findall(r'<option value="([^"]+)">', datalist) == ["feature"]  # not another organization's
+    assert 'name="group_key"' in html and 'list="declared-keys"' in html
