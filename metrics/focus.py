@@ -54,6 +54,7 @@ from llmcost_project.db import Sum
 from teams.access import AccessScope
 from teams.models import Organization
 
+from .forecasts import calendar_period
 from .reports import list_cost
 from .selectors import EventFilter, scoped_events
 
@@ -125,13 +126,6 @@ def decimal_text(value: Decimal | int) -> str:
     return text
 
 
-def month_of(moment: datetime) -> tuple[datetime, datetime]:
-    """The UTC calendar month containing `moment`: [first day, first day of the next month)."""
-    start = moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    following = (start + timedelta(days=32)).replace(day=1)
-    return start, following
-
-
 def focus_charges(*, scope: AccessScope, start: datetime, end: datetime,
                   team_alias: str | None = None) -> Iterator[Charge]:
     """The caller's charges in [start, end), ordered by day, team, provider and model.
@@ -169,7 +163,7 @@ def focus_row(*, organization: Organization, charge: Charge, start: datetime, en
     provider = charge.provider or UNKNOWN_PROVIDER
     period_start = max(charge.day, start)
     period_end = min(charge.day + timedelta(days=1), end)
-    billing_start, billing_end = month_of(charge.day)
+    billing_start, billing_end = calendar_period("UTC", "monthly", charge.day)  # FOCUS billing periods: UTC months
     billed = decimal_text(charge.cost)
     values = {
         "BilledCost": billed,
